@@ -1,0 +1,34 @@
+# The two commands: `make demo` (the main job) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench install clean
+
+demo: $(STAMP)
+	$(BIN)/taxiops demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests flows bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_vs_course.py
+	$(BIN)/python bench/cache_rerun.py
+	$(BIN)/python bench/peak_memory.py
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("taxiops needs Python 3.11+") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .taxiops .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""Every error taxiops raises on purpose.
+
+    TaxiopsError
+    ├── DataValidationError      a month file broke a data rule; permanent, never retried
+    ├── RegistryError            the model registry could not be read or written
+    └── MissingMonthError        a scheduled retrain found no file for the month it expected
+
+Errors carry their context as attributes so alerts can render them without
+parsing messages. Messages name the file, the rule broken and what to do.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+
+class TaxiopsError(Exception):
+    """Root of all taxiops errors."""
+
+
+class ValidationRule(StrEnum):
+    """The rules a month file can break, as shown in alerts and reason files."""
+
+    FILE_NAME = "file-name"
+    UNREADABLE_PARQUET = "unreadable-parquet"
+    MISSING_COLUMN = "missing-column"
+    WRONG_TYPE = "wrong-type"
+    NO_ROWS_LEFT = "no-rows-left"
+
+
+_HINTS: dict[ValidationRule, str] = {
+    ValidationRule.FILE_NAME: "name it <green|yellow>_tripdata_YYYY-MM.parquet",
+    ValidationRule.UNREADABLE_PARQUET: "re-export the month as parquet from the TLC source",
+    ValidationRule.MISSING_COLUMN: "check the file is a TLC trip record of the named taxi type",
+    ValidationRule.WRONG_TYPE: "check the file is a TLC trip record of the named taxi type",
+    ValidationRule.NO_ROWS_LEFT: "check the pickup/dropoff datetimes of the month",
+}
+
+
+class DataValidationError(TaxiopsError):
+    """A month file broke a data rule. Retrying cannot help; fix or replace the file."""
+
+    def __init__(self, path: Path | str, rule: ValidationRule, detail: str) -> None:
+        self.path = Path(path)
+        self.rule = rule
+        self.detail = detail
+        super().__init__(f"{self.path.name}: {rule.value}: {detail} ({_HINTS[rule]})")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep attributes across pickling (Prefect persists failed states).
+        return (type(self), (self.path, self.rule, self.detail))
+
+
+class RegistryError(TaxiopsError):
+    """The model registry could not be read or written."""
+
+    def __init__(self, location: Path | str, detail: str) -> None:
+        self.location = Path(location)
+        self.detail = detail
+        super().__init__(f"model registry at {self.location}: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.location, self.detail))
+
+
+class MissingMonthError(TaxiopsError):
+    """A scheduled retrain expected a month file that has not arrived."""
+
+    def __init__(self, taxi_type: str, month: str, folder: Path | str) -> None:
+        self.taxi_type = taxi_type
+        self.month = month
+        self.folder = Path(folder)
+        super().__init__(
+            f"missing month: no {taxi_type}_tripdata_{month}.parquet in {self.folder}; "
+            "refusing to retrain on old data"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.taxi_type, self.month, self.folder))

@@ -1,0 +1,121 @@
+"""A local Prefect server on SQLite under `TAXIOPS_HOME`, as a child process.
+
+Used by `taxiops up` and by the test session; both need a real server that
+starts, reports healthy and stops without leaving a process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+_HEALTH_TIMEOUT_SECONDS = 60.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_environment(state_dir: Path, host: str, port: int) -> dict[str, str]:
+    """Environment for a Prefect server whose every file lives in `state_dir`."""
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    env.update(
+        PREFECT_HOME=str(state_dir),
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}",
+        PREFECT_SERVER_API_HOST=host,
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_API_URL=f"http://{host}:{port}/api",
+    )
+    return env
+
+
+@dataclass
+class LocalPrefectServer:
+    """`prefect server start` in a child process; a context manager."""
+
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 4200
+    log_path: Path | None = None
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = _HEALTH_TIMEOUT_SECONDS) -> None:
+        """Start the server and wait until `/api/health` answers."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path or self.state_dir / "server.log"
+        with log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--no-background"],
+                env=server_environment(self.state_dir, self.host, self.port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_healthy(timeout, log_path)
+
+    def _wait_healthy(self, timeout: float, log_path: Path) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"Prefect server exited with {self._process.returncode}:\n{tail}")
+            if is_healthy(self.api_url):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"Prefect server at {self.api_url} not healthy after {timeout:.0f}s")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server and every process it started."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def __enter__(self) -> LocalPrefectServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def is_healthy(api_url: str) -> bool:
+    """Whether a Prefect API answers its health check."""
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,96 @@
+"""All taxiops settings: one class, `TAXIOPS_` environment variables, read from `.env`.
+
+Nothing is read at import time: call `load_settings()` when a command starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """taxiops configuration. Every field is documented in `.env.example`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TAXIOPS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- where things live -------------------------------------------------
+    home: Path = Field(Path(".taxiops"), description="Root of all state: models, results, ledger, server DB.")
+    incoming_dir: Path = Field(Path("data/incoming"), description="Folder watched for new month files.")
+
+    # --- training ----------------------------------------------------------
+    train_months: int = Field(1, ge=1, description="Earlier months of the same taxi type to train on.")
+    min_duration_minutes: float = Field(1.0, gt=0, description="Shortest trip kept, in minutes.")
+    max_duration_minutes: float = Field(60.0, gt=0, description="Longest trip kept, in minutes.")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of days held out when a month is split by pickup time."
+    )
+    max_file_bytes: int = Field(2 * 1024**3, gt=0, description="Month files larger than this are rejected.")
+
+    # --- retries -----------------------------------------------------------
+    task_retries: int = Field(3, ge=0, description="Retries of a task after a transient fault.")
+    task_retry_delay_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles each retry.")
+
+    # --- the local Prefect server and the served deployments -----------------
+    server_host: str = Field("127.0.0.1", description="Host of the local Prefect server `taxiops up` starts.")
+    server_port: int = Field(4200, ge=1, le=65535, description="Port of the local Prefect server and UI.")
+    serve_limit: int = Field(2, ge=1, description="Training runs executed at once by `taxiops up`.")
+    schedule_cron: str = Field("0 6 2 * *", description="Cron of the monthly retraining schedule.")
+    schedule_timezone: str = Field("UTC", description="Timezone of the monthly retraining schedule.")
+
+    # --- the watcher ---------------------------------------------------------
+    watch_polling: bool = Field(False, description="Poll the folder instead of inotify (network folders).")
+    watch_settle_seconds: float = Field(0.5, ge=0, description="A file's size must hold this long before hand-off.")
+
+    # --- notifications -------------------------------------------------------
+    slack_webhook_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SLACK_WEBHOOK_URL", "TAXIOPS_SLACK_WEBHOOK_URL"),
+        description="Slack incoming webhook; unset means the local inbox in the demo.",
+    )
+    slack_bot_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SLACK_BOT_TOKEN", "TAXIOPS_SLACK_BOT_TOKEN"),
+        description="Slack bot token, used with slack_channel instead of the webhook.",
+    )
+    slack_channel: str | None = Field(
+        None,
+        validation_alias=AliasChoices("SLACK_CHANNEL", "TAXIOPS_SLACK_CHANNEL"),
+        description="Slack channel for the bot token.",
+    )
+    apprise_urls: SecretStr | None = Field(None, description="Comma-separated apprise URLs.")
+    missing_data_days: int = Field(35, ge=1, description="Alert when a taxi type has no new month for this long.")
+
+    # --- derived locations -----------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.home / "results"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "ledger.sqlite3"
+
+    @property
+    def server_dir(self) -> Path:
+        return self.home / "server"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.incoming_dir.parent / "quarantine"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.server_host}:{self.server_port}/api"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and `.env`, with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

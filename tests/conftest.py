@@ -1,0 +1,54 @@
+"""Session fixtures: one real Prefect server (SQLite in a temp dir) for the whole run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from taxiops.server import LocalPrefectServer, free_port
+from taxiops.settings import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrefectServer]:
+    """A real Prefect server for the session; the API URL is set for this process and children."""
+    server = LocalPrefectServer(state_dir=tmp_path_factory.mktemp("prefect-server"), port=free_port())
+    server.start()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings whose state and incoming folder live in this test's tmp_path."""
+    home = tmp_path / "home"
+    incoming = tmp_path / "data" / "incoming"
+    incoming.mkdir(parents=True)
+    monkeypatch.setenv("TAXIOPS_HOME", str(home))
+    monkeypatch.setenv("TAXIOPS_INCOMING_DIR", str(incoming))
+    monkeypatch.setenv("TAXIOPS_TASK_RETRY_DELAY_SECONDS", "0")
+    monkeypatch.chdir(tmp_path)
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real NYC TLC months beside the project; skips when absent."""
+    if not (SHARED_DATA / "green_tripdata_2021-01.parquet").is_file():
+        pytest.skip(f"real TLC data not found in {SHARED_DATA}")
+    return SHARED_DATA
