@@ -27,6 +27,7 @@ class ValidationRule(StrEnum):
     MISSING_COLUMN = "missing-column"
     WRONG_TYPE = "wrong-type"
     NO_ROWS_LEFT = "no-rows-left"
+    FILE_CHANGED = "file-changed"
 
 
 _HINTS: dict[ValidationRule, str] = {
@@ -35,6 +36,7 @@ _HINTS: dict[ValidationRule, str] = {
     ValidationRule.MISSING_COLUMN: "check the file is a TLC trip record of the named taxi type",
     ValidationRule.WRONG_TYPE: "check the file is a TLC trip record of the named taxi type",
     ValidationRule.NO_ROWS_LEFT: "check the pickup/dropoff datetimes of the month",
+    ValidationRule.FILE_CHANGED: "nothing to do: the new bytes are trained in a run of their own",
 }
 
 

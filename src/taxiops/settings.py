@@ -6,9 +6,12 @@ Nothing is read at import time: call `load_settings()` when a command starts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from taxiops.tripfile import TaxiType
 
 
 class Settings(BaseSettings):
@@ -41,6 +44,16 @@ class Settings(BaseSettings):
     serve_limit: int = Field(2, ge=1, description="Training runs executed at once by `taxiops up`.")
     schedule_cron: str = Field("0 6 2 * *", description="Cron of the monthly retraining schedule.")
     schedule_timezone: str = Field("UTC", description="Timezone of the monthly retraining schedule.")
+    publication_lag_months: int = Field(
+        1, ge=0, description="A month is expected this many months after it ends (monthly retrain)."
+    )
+    retrain_taxi_types: Annotated[list[TaxiType], NoDecode] = Field(
+        ["green", "yellow"], description="Taxi types the monthly retrain checks, comma separated."
+    )
+    heartbeat_seconds: int = Field(
+        30, ge=30, description="Flow-run heartbeat; a silent run is declared Crashed after a few missed beats."
+    )
+    runner_poll_seconds: float = Field(0.5, gt=0, description="How often `taxiops up` looks for new runs.")
 
     # --- the watcher ---------------------------------------------------------
     watch_polling: bool = Field(False, description="Poll the folder instead of inotify (network folders).")
@@ -64,6 +77,13 @@ class Settings(BaseSettings):
     )
     apprise_urls: SecretStr | None = Field(None, description="Comma-separated apprise URLs.")
     missing_data_days: int = Field(35, ge=1, description="Alert when a taxi type has no new month for this long.")
+
+    @field_validator("retrain_taxi_types", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     # --- derived locations -----------------------------------------------------
     @property

@@ -1,0 +1,71 @@
+"""The monthly retrain: on a cron schedule, retrain each taxi type on its newest month,
+or fail loudly when the month expected by now has not arrived."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from prefect import flow, get_run_logger
+from prefect.events import emit_event
+
+from flows.train import train_duration_model
+from taxiops import events
+from taxiops.errors import MissingMonthError
+from taxiops.report import TrainingSummary
+from taxiops.schedule import RetrainPlan, plan_retrain
+from taxiops.settings import load_settings
+from taxiops.tripfile import TaxiType
+
+
+@flow(name=events.RETRAIN_FLOW)
+def monthly_retrain(
+    taxi_types: list[TaxiType] | None = None,
+    today: date | None = None,
+) -> list[TrainingSummary]:
+    """Retrain every taxi type on its newest month in the incoming folder.
+
+    Fails with a "missing month" error naming each taxi type whose expected month
+    (`TAXIOPS_PUBLICATION_LAG_MONTHS` before `today`) is absent, after retraining
+    the others, so old data is never silently retrained as if it were new.
+    """
+    settings = load_settings()
+    logger = get_run_logger()
+    run_day = today or datetime.now(ZoneInfo(settings.schedule_timezone)).date()
+    plans = plan_retrain(
+        settings.incoming_dir, taxi_types or settings.retrain_taxi_types, run_day, settings.publication_lag_months
+    )
+    summaries: list[TrainingSummary] = []
+    missing: list[RetrainPlan] = []
+    for plan in plans:
+        if plan.missing:
+            missing.append(plan)
+            _announce_missing(plan, settings.incoming_dir)
+            continue
+        assert plan.newest is not None
+        logger.info("retraining %s on %s", plan.taxi_type, plan.newest.name)
+        summaries.append(train_duration_model(new_file=str(plan.newest.path)))
+    if missing:
+        raise MissingMonthError(
+            ", ".join(p.taxi_type for p in missing),
+            ", ".join(sorted({str(p.expected) for p in missing})),
+            settings.incoming_dir,
+        )
+    return summaries
+
+
+def _announce_missing(plan: RetrainPlan, folder: Any) -> None:
+    emit_event(
+        event=events.MONTH_MISSING,
+        resource={
+            "prefect.resource.id": events.taxi_type_resource_id(plan.taxi_type),
+            "prefect.resource.name": plan.taxi_type,
+        },
+        payload={
+            "taxi_type": plan.taxi_type,
+            "expected_month": str(plan.expected),
+            "newest_month": None if plan.newest is None else str(plan.newest.month),
+            "folder": str(folder),
+        },
+    )

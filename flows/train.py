@@ -1,0 +1,189 @@
+"""The training flow: a month file in, a challenger trained, judged and maybe promoted.
+
+Orchestration only: every step is a task in `taxiops.tasks`; the ML lives in
+`taxiops.ml` and the registry in `taxiops.registry`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+from prefect.states import State
+
+from taxiops import events, ml, tasks
+from taxiops.errors import DataValidationError, ValidationRule
+from taxiops.lineage import FingerprintedFile, MonthData
+from taxiops.registry import ModelRegistry
+from taxiops.report import MonthRows, TrainingSummary, registry_table, render_markdown
+from taxiops.settings import Settings, load_settings
+from taxiops.tripfile import earlier_months_in_folder
+
+
+class _Steps:
+    """Runs configured tasks and keeps their final states, to count cache hits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.states: list[State[Any]] = []
+
+    def run(self, task_: Any, *args: Any) -> Any:
+        state = tasks.configured(task_, self.settings)(*args, return_state=True)
+        return self._result(state)
+
+    def run_all(self, task_: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+        futures = [tasks.configured(task_, self.settings).submit(*args) for args in calls]
+        for future in futures:
+            future.wait()
+        return [self._result(future.state) for future in futures]
+
+    def _result(self, state: State[Any]) -> Any:
+        self.states.append(state)
+        return state.result()
+
+    @property
+    def cached(self) -> int:
+        return sum(1 for state in self.states if state.name == "Cached")
+
+
+@flow(name=events.TRAIN_FLOW, log_prints=True)
+def train_duration_model(
+    new_file: str,
+    train_files: list[str] | None = None,
+    expected_sha256: str | None = None,
+) -> TrainingSummary:
+    """Train a challenger for `new_file`'s taxi type, evaluate it on `new_file`'s month,
+    and promote it when it is no worse than production on that month.
+
+    `train_files` names the training months; without it, the `TAXIOPS_TRAIN_MONTHS`
+    months before `new_file` in its folder are used, or, when there are none, the
+    first 80% of `new_file`'s days.
+    """
+    started = time.perf_counter()
+    settings = load_settings()
+    logger = get_run_logger()
+    try:
+        target = FingerprintedFile.of(new_file)
+        if expected_sha256 is not None and target.sha256 != expected_sha256:
+            raise DataValidationError(
+                target.path,
+                ValidationRule.FILE_CHANGED,
+                f"bytes changed after arrival (sha256 {expected_sha256[:12]} -> {target.sha256[:12]})",
+            )
+        sources = (
+            [FingerprintedFile.of(p) for p in train_files]
+            if train_files is not None
+            else [FingerprintedFile.of(t.path) for t in earlier_months_in_folder(target.trip, settings.train_months)]
+        )
+        summary = _train(settings, target, sources, started)
+    except DataValidationError as exc:
+        _announce_rejection(exc)
+        raise
+    logger.info(
+        "%s %s: challenger %s RMSE %.3f (champion %s) -> %s",
+        summary.taxi_type,
+        summary.month,
+        summary.model_version,
+        summary.rmse,
+        "none" if summary.champion_rmse is None else f"{summary.champion_rmse:.3f}",
+        summary.promotion_reason,
+    )
+    return summary
+
+
+def _train(
+    settings: Settings, target: FingerprintedFile, sources: list[FingerprintedFile], started: float
+) -> TrainingSummary:
+    steps = _Steps(settings)
+    rules = (settings.min_duration_minutes, settings.max_duration_minutes)
+    loaded: list[MonthData] = steps.run_all(tasks.load_month, [(f, *rules) for f in [*sources, target]])
+    *train_months, validation = loaded
+    if not train_months:
+        train_part, validation = steps.run(tasks.split_month, validation, settings.validation_fraction)
+        train_months = [train_part]
+
+    challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())
+    metrics: ml.Metrics = steps.run(tasks.evaluate_challenger, challenger, validation)
+    root = settings.models_dir
+    version = steps.run(tasks.register_challenger, root, challenger, metrics, validation)
+    champion = steps.run(
+        tasks.evaluate_champion, root, ModelRegistry(root).champion_for(version), validation
+    )
+    promotion = steps.run(tasks.promote_if_better, root, version, metrics, champion)
+
+    summary = TrainingSummary(
+        taxi_type=target.trip.taxi_type,
+        month=str(target.trip.month),
+        file=target.trip.name,
+        train_months=[m.label for m in train_months],
+        rmse=metrics.rmse,
+        mae=metrics.mae,
+        train_rows=challenger.train_rows,
+        val_rows=metrics.rows,
+        model_version=version.name,
+        promoted=promotion.promoted,
+        promotion_reason=promotion.reason,
+        production_version=promotion.production,
+        champion_version=None if champion.version is None else champion.version.name,
+        champion_rmse=None if champion.metrics is None else champion.metrics.rmse,
+        champion_mae=None if champion.metrics is None else champion.metrics.mae,
+        seconds=0.0,
+        flow_run_id=flow_run.get_id(),
+        cached_tasks=steps.cached,
+        total_tasks=len(steps.states),
+        months=[_month_rows(m) for m in loaded],
+    )
+    summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
+    _publish(settings, summary)
+    return summary
+
+
+def _month_rows(month: MonthData) -> MonthRows:
+    report = month.trips.report
+    return MonthRows(
+        month=str(month.file.trip.month),
+        file=month.file.trip.name,
+        sha256=month.file.sha256,
+        rows_read=report.rows_read,
+        rows_kept=report.rows_kept,
+        dropped=dict(report.dropped),
+    )
+
+
+def _publish(settings: Settings, summary: TrainingSummary) -> None:
+    """Artifacts for the UI and the `taxiops.model.trained` event for automations."""
+    create_markdown_artifact(
+        markdown=render_markdown(summary),
+        key=events.REPORT_ARTIFACT,
+        description=f"{summary.taxi_type} {summary.month} training report",
+    )
+    create_table_artifact(
+        table=registry_table(ModelRegistry(settings.models_dir), summary.taxi_type),
+        key=f"{events.REGISTRY_ARTIFACT}-{summary.taxi_type}",
+        description=f"{summary.taxi_type} model registry",
+    )
+    emit_event(
+        event=events.MODEL_TRAINED,
+        resource={
+            "prefect.resource.id": events.month_resource_id(summary.taxi_type, summary.month),
+            "prefect.resource.name": summary.file,
+        },
+        payload=summary.model_dump(mode="json", exclude={"months"}),
+    )
+
+
+def _announce_rejection(exc: DataValidationError) -> None:
+    """Tell automations a file broke a data rule."""
+    emit_event(
+        event=events.DATA_REJECTED,
+        resource={
+            "prefect.resource.id": f"taxiops.file.{Path(exc.path).name}",
+            "prefect.resource.name": Path(exc.path).name,
+        },
+        payload={"path": str(exc.path), "rule": exc.rule.value, "detail": exc.detail},
+    )

@@ -1,0 +1,242 @@
+"""The model registry: every trained model kept as a version; one champion in production.
+
+Layout under `TAXIOPS_HOME/models/<taxi type>/`:
+
+    v0001/            model files (see `DurationModel.save`) + card.json
+    v0002/
+    production.json   which version serves, and the version it replaced
+
+New versions are written to a temporary folder and renamed into place, and
+`production.json` is replaced atomically, so a crash or a full disk at any
+moment leaves the previous production model intact. A lock file serialises
+writers across processes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from taxiops.errors import RegistryError
+from taxiops.ml import DurationModel, Metrics
+
+CARD_FILE = "card.json"
+PRODUCTION_FILE = "production.json"
+LOCK_FILE = ".lock"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a version was trained on and how it scored on its validation month."""
+
+    taxi_type: str
+    model_key: str
+    validation_month: str
+    train_months: list[str]
+    data_sha256: dict[str, str]
+    params: dict[str, Any]
+    code_version: str
+    metrics: dict[str, float]
+    train_rows: int
+    val_rows: int
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version."""
+
+    taxi_type: str
+    number: int
+    path: Path
+    card: ModelCard
+
+    @property
+    def name(self) -> str:
+        return f"v{self.number:04d}"
+
+    @property
+    def cache_fingerprint(self) -> str:
+        return f"{self.taxi_type}/{self.name}/{self.card.model_key}"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The outcome of a promotion attempt."""
+
+    promoted: bool
+    reason: str
+    production: str | None
+
+
+def should_promote(challenger: Metrics, champion: Metrics | None) -> bool:
+    """A challenger replaces the champion only when its RMSE is no worse on the same month."""
+    return champion is None or challenger.rmse <= champion.rmse
+
+
+class ModelRegistry:
+    """Model versions and the production pointer for each taxi type, on local disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # --- reading --------------------------------------------------------------
+    def versions(self, taxi_type: str) -> list[ModelVersion]:
+        """All versions of a taxi type, oldest first."""
+        folder = self.root / taxi_type
+        if not folder.is_dir():
+            return []
+        found = [
+            self._read_version(taxi_type, entry)
+            for entry in folder.iterdir()
+            if entry.is_dir() and entry.name.startswith("v") and entry.name[1:].isdigit()
+        ]
+        return sorted(found, key=lambda v: v.number)
+
+    def taxi_types(self) -> list[str]:
+        """Taxi types that have at least one version."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def production(self, taxi_type: str) -> ModelVersion | None:
+        """The version serving in production, or None before the first promotion."""
+        record = self._read_production(taxi_type)
+        if record is None:
+            return None
+        return self.version(taxi_type, int(record["version"]))
+
+    def version(self, taxi_type: str, number: int) -> ModelVersion:
+        """One version by number."""
+        return self._read_version(taxi_type, self.root / taxi_type / f"v{number:04d}")
+
+    def champion_for(self, challenger: ModelVersion) -> ModelVersion | None:
+        """The version a challenger must beat: production, or what it replaced if the
+        challenger already is production (so re-running the same data compares the same pair)."""
+        record = self._read_production(challenger.taxi_type)
+        if record is None:
+            return None
+        if int(record["version"]) != challenger.number:
+            return self.version(challenger.taxi_type, int(record["version"]))
+        replaced = record.get("replaced")
+        return None if replaced is None else self.version(challenger.taxi_type, int(replaced))
+
+    def load_model(self, version: ModelVersion) -> DurationModel:
+        """The model of a version, ready to predict."""
+        try:
+            return DurationModel.load(version.path)
+        except (OSError, ValueError) as exc:
+            raise RegistryError(version.path, f"cannot load model {version.name}: {exc}") from exc
+
+    # --- writing --------------------------------------------------------------
+    def register(self, model: DurationModel, card: ModelCard) -> ModelVersion:
+        """Store a model as a new version; the same `model_key` twice returns the first version."""
+        folder = self.root / card.taxi_type
+        with self._locked(card.taxi_type):
+            for existing in self.versions(card.taxi_type):
+                if existing.card.model_key == card.model_key:
+                    return existing
+            number = max((v.number for v in self.versions(card.taxi_type)), default=0) + 1
+            staging = folder / f".staging-{uuid.uuid4().hex}"
+            try:
+                staging.mkdir(parents=True)
+                model.save(staging)
+                _write_json_durably(staging / CARD_FILE, asdict(card))
+                os.rename(staging, folder / f"v{number:04d}")
+                _fsync_dir(folder)
+            except OSError as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise RegistryError(folder, f"cannot write version v{number:04d}: {exc}") from exc
+        return self.version(card.taxi_type, number)
+
+    def promote(self, challenger: ModelVersion, *, expected: ModelVersion | None) -> Promotion:
+        """Make `challenger` production if production is still `expected` (compare-and-swap),
+        so a model judged against a champion never replaces a newer one it was not compared to."""
+        with self._locked(challenger.taxi_type):
+            current = self._read_production(challenger.taxi_type)
+            current_number = None if current is None else int(current["version"])
+            if current_number == challenger.number:
+                return Promotion(True, f"{challenger.name} is already in production", challenger.name)
+            expected_number = None if expected is None else expected.number
+            if current_number != expected_number:
+                return Promotion(
+                    False,
+                    f"production changed to v{current_number:04d} during this run; "
+                    "re-run to compare against it",
+                    f"v{current_number:04d}",
+                )
+            record = {
+                "version": challenger.number,
+                "replaced": expected_number,
+                "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            path = self.root / challenger.taxi_type / PRODUCTION_FILE
+            try:
+                _write_json_durably(path, record)
+            except OSError as exc:
+                raise RegistryError(path, f"cannot promote {challenger.name}: {exc}") from exc
+        return Promotion(True, "promoted", challenger.name)
+
+    # --- internals --------------------------------------------------------------
+    @contextmanager
+    def _locked(self, taxi_type: str) -> Iterator[None]:
+        folder = self.root / taxi_type
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = (folder / LOCK_FILE).open("a")
+        except OSError as exc:
+            raise RegistryError(folder, f"cannot open the registry: {exc}") from exc
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read_production(self, taxi_type: str) -> dict[str, Any] | None:
+        path = self.root / taxi_type / PRODUCTION_FILE
+        if not path.exists():
+            return None
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(path, f"unreadable production record: {exc}") from exc
+        return record
+
+    def _read_version(self, taxi_type: str, path: Path) -> ModelVersion:
+        try:
+            card = ModelCard(**json.loads((path / CARD_FILE).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise RegistryError(path, f"unreadable model card: {exc}") from exc
+        return ModelVersion(taxi_type=taxi_type, number=int(path.name[1:]), path=path, card=card)
+
+
+def _write_json_durably(path: Path, data: object) -> None:
+    """Write JSON to a temp file, fsync, and rename over `path`."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with temp.open("w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

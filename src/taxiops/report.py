@@ -1,0 +1,111 @@
+"""What a training run reports: the summary the CLI prints, and the artifacts the UI shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from taxiops.registry import ModelRegistry
+
+
+class MonthRows(BaseModel):
+    """Rows of one month file: read, dropped by each rule, kept."""
+
+    month: str
+    file: str
+    sha256: str
+    rows_read: int
+    rows_kept: int
+    dropped: dict[str, int]
+
+
+class TrainingSummary(BaseModel):
+    """The outcome of one training run; `taxiops train --json` prints it."""
+
+    taxi_type: str
+    month: str
+    file: str
+    train_months: list[str]
+    rmse: float
+    mae: float
+    train_rows: int
+    val_rows: int
+    model_version: str
+    promoted: bool
+    promotion_reason: str
+    production_version: str | None
+    champion_version: str | None
+    champion_rmse: float | None
+    champion_mae: float | None
+    seconds: float
+    flow_run_id: str | None
+    cached_tasks: int
+    total_tasks: int
+    months: list[MonthRows]
+
+
+def render_markdown(summary: TrainingSummary) -> str:
+    """The markdown report artifact of a run."""
+    verdict = "promoted to production" if summary.promoted else "not promoted"
+    lines = [
+        f"# {summary.taxi_type} {summary.month}: challenger {summary.model_version} {verdict}",
+        "",
+        f"*{summary.promotion_reason}* — {summary.seconds:.2f} s, "
+        f"{summary.cached_tasks}/{summary.total_tasks} tasks from cache.",
+        "",
+        "## Scores on the validation month",
+        "",
+        "| model | RMSE (min) | MAE (min) |",
+        "|---|---:|---:|",
+        f"| challenger {summary.model_version} | {summary.rmse:.3f} | {summary.mae:.3f} |",
+    ]
+    if summary.champion_version is not None:
+        lines.append(
+            f"| champion {summary.champion_version} | {_num(summary.champion_rmse)} "
+            f"| {_num(summary.champion_mae)} |"
+        )
+    else:
+        lines.append("| champion | none yet | |")
+    lines += [
+        "",
+        f"Trained on {', '.join(summary.train_months)} ({summary.train_rows:,} trips); "
+        f"validated on {summary.month} ({summary.val_rows:,} trips).",
+        "",
+        "## Rows by month",
+        "",
+        "| month | file | read | kept | dropped |",
+        "|---|---|---:|---:|---|",
+    ]
+    for month in summary.months:
+        dropped = ", ".join(f"{rule}: {count:,}" for rule, count in month.dropped.items() if count)
+        lines.append(
+            f"| {month.month} | `{month.file}` | {month.rows_read:,} | {month.rows_kept:,} "
+            f"| {dropped or 'none'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def registry_table(registry: ModelRegistry, taxi_type: str) -> list[dict[str, Any]]:
+    """One row per registered version, newest first, for the table artifact."""
+    production = registry.production(taxi_type)
+    rows = []
+    for version in reversed(registry.versions(taxi_type)):
+        card = version.card
+        rows.append(
+            {
+                "version": version.name,
+                "production": production is not None and production.number == version.number,
+                "validation month": card.validation_month,
+                "train months": ", ".join(card.train_months),
+                "rmse": round(card.metrics["rmse"], 4),
+                "mae": round(card.metrics["mae"], 4),
+                "train rows": card.train_rows,
+                "created": card.created_at,
+            }
+        )
+    return rows
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

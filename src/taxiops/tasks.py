@@ -1,0 +1,229 @@
+"""Thin Prefect tasks over `taxiops.ml` and the registry: retries and cache keys, nothing else.
+
+Caching: every task is keyed on the *content* fingerprints of its inputs (see
+`taxiops.lineage`), its other parameters, and the version of the code that
+computes it. A replaced file with the same name therefore misses the cache.
+
+Retries: only transient faults (I/O, timeouts, lost connections) are retried,
+with exponential backoff and jitter; a `DataValidationError` fails at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from dataclasses import dataclass, is_dataclass
+from functools import cache
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import CachePolicy
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+from prefect.utilities.hashing import hash_objects
+
+import taxiops
+from taxiops import ml
+from taxiops.errors import TaxiopsError
+from taxiops.lineage import FingerprintedFile, MonthData, TrainedModel, model_key
+from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, Promotion, should_promote
+from taxiops.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_PERMANENT_OS_ERRORS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EISDIR}
+
+
+# --- retries --------------------------------------------------------------------
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying could help: I/O hiccups, timeouts, lost connections; never bad data."""
+    if isinstance(exc, TaxiopsError | MemoryError):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno not in _PERMANENT_OS_ERRORS
+    return False
+
+
+def retry_on_transient_fault(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """`retry_condition_fn` for every taxiops task."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)  # type: ignore[assignment]
+        except Exception:  # noqa: BLE001 - an unreadable result is not evidence of a transient fault
+            return False
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+# --- caching ---------------------------------------------------------------------
+@cache
+def code_version() -> str:
+    """Hash of the code that shapes results: the package version, `ml/`, lineage, registry and tasks."""
+    package = Path(taxiops.__file__).parent
+    digest = hashlib.sha256(taxiops.__version__.encode())
+    sources = sorted((package / "ml").glob("*.py")) + [
+        package / name for name in ("lineage.py", "registry.py", "tasks.py", "tripfile.py")
+    ]
+    for source in sources:
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _stable(value: Any) -> Any:
+    """Replace data-carrying values by their content fingerprints, recursively."""
+    fingerprint = getattr(value, "cache_fingerprint", None)
+    if isinstance(fingerprint, str):
+        return fingerprint
+    if isinstance(value, list | tuple):
+        return [_stable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _stable(v) for k, v in value.items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {"__type__": type(value).__qualname__, **_stable(vars(value))}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass
+class ContentCachePolicy(CachePolicy):
+    """Cache key = task name + content fingerprints of the inputs + code version."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        return hash_objects(task_ctx.task.name, _stable(inputs), code_version(), raise_on_failure=True)
+
+
+CONTENT = ContentCachePolicy()
+
+
+def configured(task_: Task[..., R], settings: Settings) -> Task[..., R]:
+    """The task with this deployment's retries and result storage (under `TAXIOPS_HOME`)."""
+    return task_.with_options(
+        retries=settings.task_retries,
+        retry_delay_seconds=exponential_backoff(settings.task_retry_delay_seconds)(settings.task_retries),
+        result_storage=settings.results_dir,
+        cache_policy=CONTENT.configure(key_storage=settings.results_dir / "cache-keys"),
+    )
+
+
+def taxiops_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """`@task` with taxiops' cache policy, persisted results and transient-only retries."""
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        return task(
+            fn,
+            name=name,
+            cache_policy=CONTENT,
+            persist_result=True,
+            retries=3,
+            retry_delay_seconds=exponential_backoff(2.0)(3),
+            retry_jitter_factor=0.5,
+            retry_condition_fn=retry_on_transient_fault,
+        )
+
+    return decorate
+
+
+# --- the tasks ---------------------------------------------------------------------
+@taxiops_task("load-month")
+def load_month(file: FingerprintedFile, min_minutes: float, max_minutes: float) -> MonthData:
+    """Read, validate and prepare a month file."""
+    trips = ml.load_trips(file.trip, min_minutes=min_minutes, max_minutes=max_minutes)
+    return MonthData(file=file, trips=trips, part="all", rules=f"{min_minutes}-{max_minutes}")
+
+
+@taxiops_task("split-by-pickup-time")
+def split_month(month: MonthData, validation_fraction: float) -> tuple[MonthData, MonthData]:
+    """Split a month by pickup day: the last days validate, the rest train."""
+    train, validation = ml.split_by_pickup_time(month.trips, validation_fraction)
+    rules = f"{month.rules}:split-{validation_fraction}"
+    return (
+        MonthData(file=month.file, trips=train, part="train", rules=rules),
+        MonthData(file=month.file, trips=validation, part="validation", rules=rules),
+    )
+
+
+@taxiops_task("train-challenger")
+def train_challenger(months: list[MonthData], params: ml.TrainingParams) -> TrainedModel:
+    """Train a challenger on the given months."""
+    model = ml.train_model([m.trips.frame for m in months], params)
+    return TrainedModel(
+        model=model,
+        params=params,
+        months=tuple(m.label for m in months),
+        data_sha256={m.file.trip.name: m.file.sha256 for m in months},
+        train_rows=sum(m.trips.report.rows_kept if m.part == "all" else len(m.trips.frame) for m in months),
+        model_key=model_key(months, params, code_version()),
+    )
+
+
+@taxiops_task("evaluate-challenger")
+def evaluate_challenger(challenger: TrainedModel, month: MonthData) -> ml.Metrics:
+    """RMSE and MAE of the challenger on the validation month."""
+    return ml.evaluate(challenger.model, month.trips.frame)
+
+
+@taxiops_task("register-challenger")
+def register_challenger(
+    registry_root: Path, challenger: TrainedModel, metrics: ml.Metrics, validation: MonthData
+) -> ModelVersion:
+    """Keep the challenger as a new registry version (idempotent by model key)."""
+    card = ModelCard(
+        taxi_type=validation.file.trip.taxi_type,
+        model_key=challenger.model_key,
+        validation_month=validation.label,
+        train_months=list(challenger.months),
+        data_sha256={**challenger.data_sha256, validation.file.trip.name: validation.file.sha256},
+        params=challenger.params.as_dict(),
+        code_version=code_version(),
+        metrics={"rmse": metrics.rmse, "mae": metrics.mae},
+        train_rows=challenger.train_rows,
+        val_rows=metrics.rows,
+    )
+    return ModelRegistry(registry_root).register(challenger.model, card)
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The champion a challenger was judged against, and its score on the same month."""
+
+    version: ModelVersion | None
+    metrics: ml.Metrics | None
+
+
+@taxiops_task("evaluate-champion")
+def evaluate_champion(registry_root: Path, champion: ModelVersion | None, month: MonthData) -> ChampionScore:
+    """Score the production model on the challenger's validation month."""
+    if champion is None:
+        return ChampionScore(version=None, metrics=None)
+    model = ModelRegistry(registry_root).load_model(champion)
+    return ChampionScore(version=champion, metrics=ml.evaluate(model, month.trips.frame))
+
+
+@taxiops_task("promote-if-better")
+def promote_if_better(
+    registry_root: Path, challenger: ModelVersion, metrics: ml.Metrics, champion: ChampionScore
+) -> Promotion:
+    """Promote the challenger when its RMSE is no worse than the champion's on the same month."""
+    if not should_promote(metrics, champion.metrics):
+        assert champion.metrics is not None and champion.version is not None
+        return Promotion(
+            False,
+            f"RMSE {metrics.rmse:.3f} is worse than {champion.version.name}'s {champion.metrics.rmse:.3f}",
+            champion.version.name,
+        )
+    return ModelRegistry(registry_root).promote(challenger, expected=champion.version)
