@@ -34,7 +34,10 @@ def monthly_retrain(
     logger = get_run_logger()
     run_day = today or datetime.now(ZoneInfo(settings.schedule_timezone)).date()
     plans = plan_retrain(
-        settings.incoming_dir, taxi_types or settings.retrain_taxi_types, run_day, settings.publication_lag_months
+        settings.incoming_dir,
+        taxi_types or settings.retrain_taxi_types,
+        run_day,
+        settings.publication_lag_months,
     )
     summaries: list[TrainingSummary] = []
     missing: list[RetrainPlan] = []

@@ -78,7 +78,10 @@ def train_duration_model(
         sources = (
             [FingerprintedFile.of(p) for p in train_files]
             if train_files is not None
-            else [FingerprintedFile.of(t.path) for t in earlier_months_in_folder(target.trip, settings.train_months)]
+            else [
+                FingerprintedFile.of(t.path)
+                for t in earlier_months_in_folder(target.trip, settings.train_months)
+            ]
         )
         summary = _train(settings, target, sources, started)
     except DataValidationError as exc:
@@ -101,10 +104,14 @@ def _train(
 ) -> TrainingSummary:
     steps = _Steps(settings)
     rules = (settings.min_duration_minutes, settings.max_duration_minutes)
-    loaded: list[MonthData] = steps.run_all(tasks.load_month, [(f, *rules) for f in [*sources, target]])
+    loaded: list[MonthData] = steps.run_all(
+        tasks.load_month, [(f, *rules) for f in [*sources, target]]
+    )
     *train_months, validation = loaded
     if not train_months:
-        train_part, validation = steps.run(tasks.split_month, validation, settings.validation_fraction)
+        train_part, validation = steps.run(
+            tasks.split_month, validation, settings.validation_fraction
+        )
         train_months = [train_part]
 
     challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())

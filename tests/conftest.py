@@ -18,7 +18,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrefectServer]:
     """A real Prefect server for the session; the API URL is set for this process and children."""
-    server = LocalPrefectServer(state_dir=tmp_path_factory.mktemp("prefect-server"), port=free_port())
+    server = LocalPrefectServer(
+        state_dir=tmp_path_factory.mktemp("prefect-server"), port=free_port()
+    )
     server.start()
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -23,18 +23,29 @@ def train(
     new_file: Annotated[Path, typer.Argument(help="The month to evaluate on (and train for).")],
     train_file: Annotated[
         list[Path] | None,
-        typer.Option("--train", help="A training month; repeat for several. Default: earlier months beside NEW_FILE."),
+        typer.Option(
+            "--train",
+            help="A training month; repeat for several. Default: earlier months beside NEW_FILE.",
+        ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON line.")
+    ] = False,
 ) -> None:
     """Run the training flow once against the configured Prefect API."""
+    from prefect.client.schemas.objects import State
+
     from taxiops.entrypoints import TRAIN_ENTRYPOINT, load_flow
+    from taxiops.report import TrainingSummary
 
     train_flow = load_flow(TRAIN_ENTRYPOINT)
-    state = train_flow(
-        new_file=str(new_file),
-        train_files=None if train_file is None else [str(p) for p in train_file],
-        return_state=True,
+    state = cast(
+        "State[TrainingSummary]",
+        train_flow(
+            new_file=str(new_file),
+            train_files=None if train_file is None else [str(p) for p in train_file],
+            return_state=True,
+        ),
     )
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
@@ -60,7 +71,10 @@ def train(
 @app.command()
 def synth(
     folder: Annotated[Path, typer.Argument(help="Where to write the month files.")],
-    months: Annotated[list[str], typer.Option("--month", help="YYYY-MM; repeat for several.")] = ["2023-01", "2023-02"],  # noqa: B006
+    months: Annotated[
+        list[str] | None,
+        typer.Option("--month", help="YYYY-MM; repeat for several. Default: 2023-01, 2023-02."),
+    ] = None,
     taxi_type: Annotated[str, typer.Option("--type", help="green or yellow.")] = "green",
     rows: Annotated[int, typer.Option(help="Trips per month.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -71,8 +85,8 @@ def synth(
 
     if taxi_type not in TAXI_TYPES:
         raise typer.BadParameter(f"--type must be one of {', '.join(TAXI_TYPES)}")
-    for index, text in enumerate(months):
-        path = write_synth_month(folder, taxi_type, Month.parse(text), rows=rows, seed=seed + index)  # type: ignore[arg-type]
+    for index, text in enumerate(months or ["2023-01", "2023-02"]):
+        path = write_synth_month(folder, taxi_type, Month.parse(text), rows=rows, seed=seed + index)
         print(path)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 from prefect.schedules import Cron
@@ -24,7 +26,8 @@ def served_deployments(settings: Settings) -> list[RunnerDeployment]:
         tags=["taxiops", "scheduled"],
         schedules=[Cron(settings.schedule_cron, timezone=settings.schedule_timezone)],
     )
-    return [train, retrain]
+    # `to_deployment` is sync-compatible: called from sync code it returns the deployment.
+    return [cast(RunnerDeployment, train), cast(RunnerDeployment, retrain)]
 
 
 def build_runner(settings: Settings) -> Runner:

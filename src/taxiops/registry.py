@@ -165,7 +165,9 @@ class ModelRegistry:
             current = self._read_production(challenger.taxi_type)
             current_number = None if current is None else int(current["version"])
             if current_number == challenger.number:
-                return Promotion(True, f"{challenger.name} is already in production", challenger.name)
+                return Promotion(
+                    True, f"{challenger.name} is already in production", challenger.name
+                )
             expected_number = None if expected is None else expected.number
             if current_number != expected_number:
                 return Promotion(

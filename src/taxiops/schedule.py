@@ -7,7 +7,7 @@ from datetime import date
 from pathlib import Path
 
 from taxiops.errors import DataValidationError
-from taxiops.tripfile import TaxiType, TripFile, Month, parse_trip_file
+from taxiops.tripfile import Month, TaxiType, TripFile, parse_trip_file
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,16 @@ def newest_month_files(folder: Path) -> dict[TaxiType, TripFile]:
             trip = parse_trip_file(path)
         except DataValidationError:
             continue
-        if path.is_file() and (trip.taxi_type not in newest or newest[trip.taxi_type].month < trip.month):
+        if path.is_file() and (
+            trip.taxi_type not in newest or newest[trip.taxi_type].month < trip.month
+        ):
             newest[trip.taxi_type] = trip
     return newest
 
 
-def plan_retrain(folder: Path, taxi_types: list[TaxiType], today: date, lag_months: int) -> list[RetrainPlan]:
+def plan_retrain(
+    folder: Path, taxi_types: list[TaxiType], today: date, lag_months: int
+) -> list[RetrainPlan]:
     """One plan per taxi type."""
     newest = newest_month_files(folder)
     expected = expected_month(today, lag_months)

@@ -81,7 +81,9 @@ class LocalPrefectServer:
             assert self._process is not None
             if self._process.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"Prefect server exited with {self._process.returncode}:\n{tail}")
+                raise RuntimeError(
+                    f"Prefect server exited with {self._process.returncode}:\n{tail}"
+                )
             if is_healthy(self.api_url):
                 return
             time.sleep(0.2)

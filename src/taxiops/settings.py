@@ -22,28 +22,44 @@ class Settings(BaseSettings):
     )
 
     # --- where things live -------------------------------------------------
-    home: Path = Field(Path(".taxiops"), description="Root of all state: models, results, ledger, server DB.")
-    incoming_dir: Path = Field(Path("data/incoming"), description="Folder watched for new month files.")
+    home: Path = Field(
+        Path(".taxiops"), description="Root of all state: models, results, ledger, server DB."
+    )
+    incoming_dir: Path = Field(
+        Path("data/incoming"), description="Folder watched for new month files."
+    )
 
     # --- training ----------------------------------------------------------
-    train_months: int = Field(1, ge=1, description="Earlier months of the same taxi type to train on.")
+    train_months: int = Field(
+        1, ge=1, description="Earlier months of the same taxi type to train on."
+    )
     min_duration_minutes: float = Field(1.0, gt=0, description="Shortest trip kept, in minutes.")
     max_duration_minutes: float = Field(60.0, gt=0, description="Longest trip kept, in minutes.")
     validation_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of days held out when a month is split by pickup time."
     )
-    max_file_bytes: int = Field(2 * 1024**3, gt=0, description="Month files larger than this are rejected.")
+    max_file_bytes: int = Field(
+        2 * 1024**3, gt=0, description="Month files larger than this are rejected."
+    )
 
     # --- retries -----------------------------------------------------------
     task_retries: int = Field(3, ge=0, description="Retries of a task after a transient fault.")
-    task_retry_delay_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles each retry.")
+    task_retry_delay_seconds: float = Field(
+        2.0, ge=0, description="First retry delay; doubles each retry."
+    )
 
     # --- the local Prefect server and the served deployments -----------------
-    server_host: str = Field("127.0.0.1", description="Host of the local Prefect server `taxiops up` starts.")
-    server_port: int = Field(4200, ge=1, le=65535, description="Port of the local Prefect server and UI.")
+    server_host: str = Field(
+        "127.0.0.1", description="Host of the local Prefect server `taxiops up` starts."
+    )
+    server_port: int = Field(
+        4200, ge=1, le=65535, description="Port of the local Prefect server and UI."
+    )
     serve_limit: int = Field(2, ge=1, description="Training runs executed at once by `taxiops up`.")
     schedule_cron: str = Field("0 6 2 * *", description="Cron of the monthly retraining schedule.")
-    schedule_timezone: str = Field("UTC", description="Timezone of the monthly retraining schedule.")
+    schedule_timezone: str = Field(
+        "UTC", description="Timezone of the monthly retraining schedule."
+    )
     publication_lag_months: int = Field(
         1, ge=0, description="A month is expected this many months after it ends (monthly retrain)."
     )
@@ -51,13 +67,21 @@ class Settings(BaseSettings):
         ["green", "yellow"], description="Taxi types the monthly retrain checks, comma separated."
     )
     heartbeat_seconds: int = Field(
-        30, ge=30, description="Flow-run heartbeat; a silent run is declared Crashed after a few missed beats."
+        30,
+        ge=30,
+        description="Flow-run heartbeat; a silent run is declared Crashed after a few missed beats.",
     )
-    runner_poll_seconds: float = Field(0.5, gt=0, description="How often `taxiops up` looks for new runs.")
+    runner_poll_seconds: float = Field(
+        0.5, gt=0, description="How often `taxiops up` looks for new runs."
+    )
 
     # --- the watcher ---------------------------------------------------------
-    watch_polling: bool = Field(False, description="Poll the folder instead of inotify (network folders).")
-    watch_settle_seconds: float = Field(0.5, ge=0, description="A file's size must hold this long before hand-off.")
+    watch_polling: bool = Field(
+        False, description="Poll the folder instead of inotify (network folders)."
+    )
+    watch_settle_seconds: float = Field(
+        0.5, ge=0, description="A file's size must hold this long before hand-off."
+    )
 
     # --- notifications -------------------------------------------------------
     slack_webhook_url: SecretStr | None = Field(
@@ -76,7 +100,9 @@ class Settings(BaseSettings):
         description="Slack channel for the bot token.",
     )
     apprise_urls: SecretStr | None = Field(None, description="Comma-separated apprise URLs.")
-    missing_data_days: int = Field(35, ge=1, description="Alert when a taxi type has no new month for this long.")
+    missing_data_days: int = Field(
+        35, ge=1, description="Alert when a taxi type has no new month for this long."
+    )
 
     @field_validator("retrain_taxi_types", mode="before")
     @classmethod

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass
 from functools import cache
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from prefect import Task, task
+from prefect import Task
 from prefect.cache_policies import CachePolicy
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
-from prefect.states import State
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
@@ -36,7 +35,14 @@ from taxiops.settings import Settings
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_PERMANENT_OS_ERRORS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EISDIR}
+_PERMANENT_OS_ERRORS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EISDIR,
+}
 
 
 # --- retries --------------------------------------------------------------------
@@ -56,8 +62,8 @@ def retry_on_transient_fault(task: Task[..., Any], task_run: TaskRun, state: Sta
     exc = state.data if isinstance(state.data, BaseException) else None
     if exc is None:
         try:
-            exc = state.result(raise_on_failure=False)  # type: ignore[assignment]
-        except Exception:  # noqa: BLE001 - an unreadable result is not evidence of a transient fault
+            exc = state.result(raise_on_failure=False)
+        except Exception:
             return False
     return isinstance(exc, BaseException) and is_transient(exc)
 
@@ -104,7 +110,9 @@ class ContentCachePolicy(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        return hash_objects(task_ctx.task.name, _stable(inputs), code_version(), raise_on_failure=True)
+        return hash_objects(
+            task_ctx.task.name, _stable(inputs), code_version(), raise_on_failure=True
+        )
 
 
 CONTENT = ContentCachePolicy()
@@ -114,7 +122,9 @@ def configured(task_: Task[..., R], settings: Settings) -> Task[..., R]:
     """The task with this deployment's retries and result storage (under `TAXIOPS_HOME`)."""
     return task_.with_options(
         retries=settings.task_retries,
-        retry_delay_seconds=exponential_backoff(settings.task_retry_delay_seconds)(settings.task_retries),
+        retry_delay_seconds=exponential_backoff(settings.task_retry_delay_seconds)(
+            settings.task_retries
+        ),
         result_storage=settings.results_dir,
         cache_policy=CONTENT.configure(key_storage=settings.results_dir / "cache-keys"),
     )
@@ -124,8 +134,8 @@ def taxiops_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     """`@task` with taxiops' cache policy, persisted results and transient-only retries."""
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
-        return task(
-            fn,
+        return Task(
+            fn=fn,
             name=name,
             cache_policy=CONTENT,
             persist_result=True,
@@ -166,7 +176,9 @@ def train_challenger(months: list[MonthData], params: ml.TrainingParams) -> Trai
         params=params,
         months=tuple(m.label for m in months),
         data_sha256={m.file.trip.name: m.file.sha256 for m in months},
-        train_rows=sum(m.trips.report.rows_kept if m.part == "all" else len(m.trips.frame) for m in months),
+        train_rows=sum(
+            m.trips.report.rows_kept if m.part == "all" else len(m.trips.frame) for m in months
+        ),
         model_key=model_key(months, params, code_version()),
     )
 
@@ -206,7 +218,9 @@ class ChampionScore:
 
 
 @taxiops_task("evaluate-champion")
-def evaluate_champion(registry_root: Path, champion: ModelVersion | None, month: MonthData) -> ChampionScore:
+def evaluate_champion(
+    registry_root: Path, champion: ModelVersion | None, month: MonthData
+) -> ChampionScore:
     """Score the production model on the challenger's validation month."""
     if champion is None:
         return ChampionScore(version=None, metrics=None)

@@ -13,7 +13,9 @@ from taxiops.errors import DataValidationError, ValidationRule
 TaxiType = Literal["green", "yellow"]
 TAXI_TYPES: tuple[TaxiType, ...] = ("green", "yellow")
 
-FILE_NAME_PATTERN = re.compile(r"^(?P<type>green|yellow)_tripdata_(?P<year>\d{4})-(?P<month>\d{2})\.parquet$")
+FILE_NAME_PATTERN = re.compile(
+    r"^(?P<type>green|yellow)_tripdata_(?P<year>\d{4})-(?P<month>\d{2})\.parquet$"
+)
 GLOB_PATTERNS: tuple[str, ...] = tuple(f"{t}_tripdata_*.parquet" for t in TAXI_TYPES)
 
 _HASH_CHUNK = 1 << 20
@@ -69,7 +71,9 @@ def parse_trip_file(path: Path | str) -> TripFile:
     match = FILE_NAME_PATTERN.match(path.name)
     if match is None:
         raise DataValidationError(
-            path, ValidationRule.FILE_NAME, "file name is not <green|yellow>_tripdata_YYYY-MM.parquet"
+            path,
+            ValidationRule.FILE_NAME,
+            "file name is not <green|yellow>_tripdata_YYYY-MM.parquet",
         )
     try:
         month = Month(int(match["year"]), int(match["month"]))

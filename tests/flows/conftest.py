@@ -27,7 +27,9 @@ SYNTH_ROWS = 6_000
 def months(settings: Settings, prefect_server: Any) -> dict[str, Path]:
     """Two synthetic green months (2023-01, 2023-02) in the incoming folder."""
     return {
-        label: write_synth_month(settings.incoming_dir, "green", Month.parse(label), rows=SYNTH_ROWS, seed=i)
+        label: write_synth_month(
+            settings.incoming_dir, "green", Month.parse(label), rows=SYNTH_ROWS, seed=i
+        )
         for i, label in enumerate(["2023-01", "2023-02"])
     }
 
@@ -44,6 +46,8 @@ def artifact_keys_of(flow_run_id: str | UUID) -> set[str]:
     """Keys of the artifacts a flow run created."""
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))]))
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))])
+            )
         )
     return {a.key for a in artifacts if a.key}

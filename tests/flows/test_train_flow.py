@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flows.train import train_duration_model
 from prefect import flow
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from flows.train import train_duration_model
 from taxiops import events
 from taxiops.errors import DataValidationError, ValidationRule
 from taxiops.ml import write_synth_month
@@ -35,11 +35,14 @@ JSON_KEYS = {
 
 def run(new_file: Path, train_files: list[Path] | None = None) -> TrainingSummary:
     return train_duration_model(
-        new_file=str(new_file), train_files=None if train_files is None else [str(p) for p in train_files]
+        new_file=str(new_file),
+        train_files=None if train_files is None else [str(p) for p in train_files],
     )
 
 
-def test_first_month_is_trained_registered_and_promoted(settings: Settings, months: dict[str, Path]) -> None:
+def test_first_month_is_trained_registered_and_promoted(
+    settings: Settings, months: dict[str, Path]
+) -> None:
     summary = run(months["2023-02"])
 
     assert summary.promoted and summary.champion_rmse is None
@@ -50,10 +53,14 @@ def test_first_month_is_trained_registered_and_promoted(settings: Settings, mont
     production = registry.production("green")
     assert production is not None and production.name == "v0001"
     assert production.card.data_sha256.keys() == {p.name for p in months.values()}
-    assert {events.REPORT_ARTIFACT, f"{events.REGISTRY_ARTIFACT}-green"} <= artifact_keys_of(summary.flow_run_id or "")
+    assert {events.REPORT_ARTIFACT, f"{events.REGISTRY_ARTIFACT}-green"} <= artifact_keys_of(
+        summary.flow_run_id or ""
+    )
 
 
-def test_rerun_on_same_files_is_served_from_cache(settings: Settings, months: dict[str, Path]) -> None:
+def test_rerun_on_same_files_is_served_from_cache(
+    settings: Settings, months: dict[str, Path]
+) -> None:
     cold = run(months["2023-02"])
     warm = run(months["2023-02"])
 
@@ -65,7 +72,9 @@ def test_rerun_on_same_files_is_served_from_cache(settings: Settings, months: di
     assert len(ModelRegistry(settings.models_dir).versions("green")) == 1
 
 
-def test_replaced_file_with_same_name_misses_the_cache(settings: Settings, months: dict[str, Path]) -> None:
+def test_replaced_file_with_same_name_misses_the_cache(
+    settings: Settings, months: dict[str, Path]
+) -> None:
     first = run(months["2023-02"])
     write_synth_month(settings.incoming_dir, "green", Month(2023, 2), rows=6_000, seed=99)
 
@@ -78,7 +87,9 @@ def test_replaced_file_with_same_name_misses_the_cache(settings: Settings, month
     assert second.months[-1].sha256 != first.months[-1].sha256
 
 
-def test_worse_challenger_never_replaces_a_better_champion(settings: Settings, months: dict[str, Path]) -> None:
+def test_worse_challenger_never_replaces_a_better_champion(
+    settings: Settings, months: dict[str, Path]
+) -> None:
     champion = run(months["2023-02"])
     tiny = write_synth_month(settings.home / "tiny", "green", Month(2022, 12), rows=150, seed=7)
 
@@ -118,7 +129,9 @@ def test_without_earlier_month_the_new_month_is_split_by_pickup_time(
     assert "split-by-pickup-time" in names
 
 
-def test_validation_error_fails_at_once_without_retries(settings: Settings, months: dict[str, Path]) -> None:
+def test_validation_error_fails_at_once_without_retries(
+    settings: Settings, months: dict[str, Path]
+) -> None:
     bad = settings.incoming_dir / "green_tripdata_2023-03.parquet"
     bad.write_text("VendorID,lpep_pickup_datetime\n1,2023-03-01\n")
 
@@ -126,13 +139,19 @@ def test_validation_error_fails_at_once_without_retries(settings: Settings, mont
 
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
-    assert isinstance(error, DataValidationError) and error.rule is ValidationRule.UNREADABLE_PARQUET
+    assert (
+        isinstance(error, DataValidationError) and error.rule is ValidationRule.UNREADABLE_PARQUET
+    )
     assert bad.name in str(error)
-    failed = [t for t in task_runs_of(state.state_details.flow_run_id or "") if t.state_name == "Failed"]
+    failed = [
+        t for t in task_runs_of(state.state_details.flow_run_id or "") if t.state_name == "Failed"
+    ]
     assert len(failed) == 1 and failed[0].run_count == 1
 
 
-def test_bad_file_name_is_rejected_before_any_task(settings: Settings, months: dict[str, Path]) -> None:
+def test_bad_file_name_is_rejected_before_any_task(
+    settings: Settings, months: dict[str, Path]
+) -> None:
     bad = months["2023-02"].rename(settings.incoming_dir / "green_tripdata_2023-13.parquet")
 
     state: State[Any] = train_duration_model(new_file=str(bad), return_state=True)
@@ -142,7 +161,9 @@ def test_bad_file_name_is_rejected_before_any_task(settings: Settings, months: d
     assert "2023-13" in str(error)
 
 
-def test_changed_bytes_since_arrival_are_refused(settings: Settings, months: dict[str, Path]) -> None:
+def test_changed_bytes_since_arrival_are_refused(
+    settings: Settings, months: dict[str, Path]
+) -> None:
     state: State[Any] = train_duration_model(
         new_file=str(months["2023-02"]), expected_sha256="0" * 64, return_state=True
     )
@@ -171,7 +192,9 @@ def test_transient_faults_are_retried_and_permanent_ones_are_not(
 
     @flow
     def exercise() -> str:
-        result = flaky_read.with_options(retry_delay_seconds=0, cache_policy=NO_CACHE, persist_result=False)()
+        result = flaky_read.with_options(
+            retry_delay_seconds=0, cache_policy=NO_CACHE, persist_result=False
+        )()
         bad_data.with_options(retry_delay_seconds=0, cache_policy=NO_CACHE, persist_result=False)()
         return result
 
@@ -192,7 +215,7 @@ def test_cli_json_contract(settings: Settings, months: dict[str, Path]) -> None:
 
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout.strip().splitlines()[-1])
-    assert JSON_KEYS <= payload.keys()
+    assert payload.keys() >= JSON_KEYS
     assert payload["promoted"] is True and payload["champion_rmse"] is None
     assert payload["cached_tasks"] == 0 and payload["seconds"] > 0
 
