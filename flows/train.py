@@ -14,10 +14,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
-from prefect.states import State
+from prefect.states import Failed, State
 
 from taxiops import events, ml, tasks
 from taxiops.errors import DataValidationError, ValidationRule
+from taxiops.events import REJECTED_STATE
 from taxiops.lineage import FingerprintedFile, MonthData
 from taxiops.registry import ModelRegistry
 from taxiops.report import MonthRows, TrainingSummary, registry_table, render_markdown
@@ -85,8 +86,11 @@ def train_duration_model(
         )
         summary = _train(settings, target, sources, started)
     except DataValidationError as exc:
+        # A Failed state named "Rejected": the UI and the `prefect.flow-run.Rejected`
+        # event say what happened, and the generic failure alert stays quiet.
         _announce_rejection(exc)
-        raise
+        logger.error("rejected %s", exc)
+        return Failed(name=REJECTED_STATE, message=str(exc), data=exc)  # type: ignore[return-value]
     logger.info(
         "%s %s: challenger %s RMSE %.3f (champion %s) -> %s",
         summary.taxi_type,
@@ -176,10 +180,7 @@ def _publish(settings: Settings, summary: TrainingSummary) -> None:
     )
     emit_event(
         event=events.MODEL_TRAINED,
-        resource={
-            "prefect.resource.id": events.month_resource_id(summary.taxi_type, summary.month),
-            "prefect.resource.name": summary.file,
-        },
+        resource=events.month_resource(summary.taxi_type, summary.month, summary.file),
         payload=summary.model_dump(mode="json", exclude={"months"}),
     )
 

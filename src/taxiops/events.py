@@ -15,10 +15,26 @@ def month_resource_id(taxi_type: str, month: str) -> str:
     return f"taxiops.month.{taxi_type}.{month}"
 
 
+TAXI_TYPE_LABEL = "taxiops.taxi-type"
+
+
+def month_resource(taxi_type: str, month: str, name: str) -> dict[str, str]:
+    """The primary resource of every month event; automations group by its taxi-type label."""
+    return {
+        "prefect.resource.id": month_resource_id(taxi_type, month),
+        "prefect.resource.name": name,
+        TAXI_TYPE_LABEL: taxi_type,
+    }
+
+
 def taxi_type_resource_id(taxi_type: str) -> str:
     """Resource id of a taxi type's data stream, e.g. `taxiops.taxi.green`."""
     return f"taxiops.taxi.{taxi_type}"
 
+
+# --- custom flow-run state names (Failed type; Prefect emits prefect.flow-run.<name>) ----
+REJECTED_STATE = "Rejected"
+MISSING_MONTH_STATE = "MissingMonth"
 
 # --- flows and deployments ---------------------------------------------------------
 TRAIN_FLOW = "train-duration-model"
@@ -28,6 +44,10 @@ RETRAIN_DEPLOYMENT = "monthly"
 TRAIN_DEPLOYMENT_FULL = f"{TRAIN_FLOW}/{TRAIN_DEPLOYMENT}"
 RETRAIN_DEPLOYMENT_FULL = f"{RETRAIN_FLOW}/{RETRAIN_DEPLOYMENT}"
 WORK_POOL = "taxiops-process"
+
+# --- notification block -------------------------------------------------------------------
+NOTIFIER_BLOCK_TYPE = "taxiops-notifier"
+NOTIFIER_BLOCK_NAME = "taxiops"
 
 # --- artifacts ----------------------------------------------------------------------
 REPORT_ARTIFACT = "training-report"

@@ -1,0 +1,352 @@
+"""The durable ledger: every month file the watcher accepted, by content SHA-256.
+
+One SQLite file in WAL mode, shared safely by several watcher processes on the
+same folder. A file moves through
+
+    seen ──claim──> (claimed) ──> submitted ──> succeeded | failed | rejected
+      ^                 │             │
+      └── hand-off failed (retry_at)  └── flow run missing on the server (requeue)
+
+The same bytes under any name are one row, so they train once; new bytes under an
+old name are a new row, so they train again. A claim is an atomic conditional
+UPDATE in a `BEGIN IMMEDIATE` transaction: of several processes racing for a row,
+exactly one wins. A claim expires after a lease so a crashed process cannot hold a
+file forever; Prefect's idempotency key (the same SHA-256) makes the rare takeover safe.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from taxiops.watcher._incoming import IncomingFile
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    sha256           TEXT PRIMARY KEY,
+    path             TEXT NOT NULL,
+    taxi_type        TEXT NOT NULL,
+    month            TEXT NOT NULL,
+    size             INTEGER NOT NULL,
+    state            TEXT NOT NULL
+                     CHECK (state IN ('seen', 'submitted', 'succeeded', 'failed', 'rejected')),
+    flow_run_id      TEXT,
+    detail           TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL,
+    claimed_by       TEXT,
+    claim_expires_at REAL,
+    seen_at          REAL NOT NULL,
+    submitted_at     REAL,
+    finished_at      REAL,
+    updated_at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_state ON files (state);
+"""
+_COLUMNS = (
+    "sha256, path, taxi_type, month, size, state, flow_run_id, detail, attempts, "
+    "next_attempt_at, claimed_by, seen_at, submitted_at, finished_at, updated_at"
+)
+
+
+class FileState(StrEnum):
+    """Where a file is on its way from the folder to a model."""
+
+    SEEN = "seen"
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the training flow run reached an end."""
+        return self in (FileState.SUCCEEDED, FileState.FAILED, FileState.REJECTED)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of the ledger, as `taxiops status` shows it."""
+
+    sha256: str
+    path: Path
+    taxi_type: str
+    month: str
+    size: int
+    state: FileState
+    flow_run_id: str | None
+    detail: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    claimed_by: str | None
+    seen_at: datetime
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+def _when(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _entry(row: sqlite3.Row) -> LedgerEntry:
+    seen_at = _when(row["seen_at"])
+    updated_at = _when(row["updated_at"])
+    assert seen_at is not None and updated_at is not None
+    return LedgerEntry(
+        sha256=row["sha256"],
+        path=Path(row["path"]),
+        taxi_type=row["taxi_type"],
+        month=row["month"],
+        size=row["size"],
+        state=FileState(row["state"]),
+        flow_run_id=row["flow_run_id"],
+        detail=row["detail"],
+        attempts=row["attempts"],
+        next_attempt_at=_when(row["next_attempt_at"]),
+        claimed_by=row["claimed_by"],
+        seen_at=seen_at,
+        submitted_at=_when(row["submitted_at"]),
+        finished_at=_when(row["finished_at"]),
+        updated_at=updated_at,
+    )
+
+
+class Ledger:
+    """The watcher's durable record of files, safe for several threads and processes.
+
+    Every call opens its own short-lived connection, so one `Ledger` may be shared by
+    threads; several processes may open the same file. Times are wall-clock seconds.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout_seconds: float = 30.0) -> None:
+        self._path = Path(path)
+        self._busy_timeout = busy_timeout_seconds
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as conn:
+            # WAL lets readers (`taxiops status`) run while a watcher writes.
+            conn.execute("PRAGMA journal_mode=WAL")
+            # IF NOT EXISTS: several processes may open a fresh ledger at once.
+            conn.executescript(f"{_SCHEMA}\nPRAGMA user_version = {_SCHEMA_VERSION};")
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # --- connections -----------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN ourselves, so a transaction means what it says.
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the database write lock up front."""
+        with closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def _select(self, where: str = "", params: tuple[object, ...] = ()) -> list[LedgerEntry]:
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM files {where} ORDER BY seen_at, sha256", params
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    # --- recording -------------------------------------------------------------------
+    def record_seen(self, incoming: IncomingFile) -> bool:
+        """Record a complete file. True when these bytes are new; False when already known.
+
+        A known file not yet handed off takes the new path if its old path is gone
+        (the file was renamed while waiting).
+        """
+        now = time.time()
+        with self._write() as conn:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO files (sha256, path, taxi_type, month, size, state, "
+                "seen_at, updated_at) VALUES (?, ?, ?, ?, ?, 'seen', ?, ?)",
+                (
+                    incoming.sha256,
+                    str(incoming.path),
+                    incoming.taxi_type,
+                    str(incoming.month),
+                    incoming.size,
+                    now,
+                    now,
+                ),
+            ).rowcount
+            if inserted:
+                return True
+            row = conn.execute(
+                "SELECT path, state FROM files WHERE sha256 = ?", (incoming.sha256,)
+            ).fetchone()
+            old_path = Path(row["path"])
+            if (
+                row["state"] == FileState.SEEN
+                and old_path != incoming.path
+                and not old_path.exists()
+            ):
+                conn.execute(
+                    "UPDATE files SET path = ?, taxi_type = ?, month = ?, updated_at = ? "
+                    "WHERE sha256 = ?",
+                    (
+                        str(incoming.path),
+                        incoming.taxi_type,
+                        str(incoming.month),
+                        now,
+                        incoming.sha256,
+                    ),
+                )
+            return False
+
+    def claim(self, sha256: str, owner: str, *, lease_seconds: float) -> LedgerEntry | None:
+        """Atomically take a due `seen` file for hand-off; None when another owner has it,
+        it is not due yet, or it is no longer `seen`."""
+        now = time.time()
+        with self._write() as conn:
+            claimed = conn.execute(
+                "UPDATE files SET claimed_by = ?, claim_expires_at = ?, updated_at = ? "
+                "WHERE sha256 = ? AND state = 'seen' "
+                "AND (claimed_by IS NULL OR claimed_by = ? OR claim_expires_at < ?) "
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
+                (owner, now + lease_seconds, now, sha256, owner, now, now),
+            ).rowcount
+            if not claimed:
+                return None
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+        return _entry(row)
+
+    def record_failed_attempt(self, sha256: str, owner: str, *, error: str, retry_at: float) -> int:
+        """Give back a claim after a failed hand-off; the file stays `seen` until `retry_at`.
+
+        Returns the number of failed attempts so far.
+        """
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE files SET attempts = attempts + 1, detail = ?, next_attempt_at = ?, "
+                "claimed_by = NULL, claim_expires_at = NULL, updated_at = ? "
+                "WHERE sha256 = ? AND state = 'seen' AND claimed_by = ?",
+                (error, retry_at, time.time(), sha256, owner),
+            )
+            row = conn.execute("SELECT attempts FROM files WHERE sha256 = ?", (sha256,)).fetchone()
+        return int(row["attempts"]) if row is not None else 0
+
+    def release(self, sha256: str, owner: str) -> None:
+        """Give back a claim without counting an attempt (the service is stopping)."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE files SET claimed_by = NULL, claim_expires_at = NULL "
+                "WHERE sha256 = ? AND claimed_by = ?",
+                (sha256, owner),
+            )
+
+    def mark_submitted(self, sha256: str, flow_run_id: str) -> bool:
+        """Record the acknowledged hand-off. True when this call moved the file to `submitted`."""
+        now = time.time()
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE files SET state = 'submitted', flow_run_id = ?, detail = NULL, "
+                    "claimed_by = NULL, claim_expires_at = NULL, next_attempt_at = NULL, "
+                    "submitted_at = ?, updated_at = ? WHERE sha256 = ? AND state = 'seen'",
+                    (flow_run_id, now, now, sha256),
+                ).rowcount
+            )
+
+    def mark_finished(self, sha256: str, state: FileState, detail: str | None = None) -> bool:
+        """Record how the training flow run ended. True when this call moved the file."""
+        if not state.is_finished:
+            raise ValueError(f"{state} is not a finished state")
+        now = time.time()
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE files SET state = ?, detail = ?, finished_at = ?, updated_at = ? "
+                    "WHERE sha256 = ? AND state = 'submitted'",
+                    (state.value, detail, now, now, sha256),
+                ).rowcount
+            )
+
+    def requeue(self, sha256: str, reason: str) -> bool:
+        """Send a `submitted` file back to `seen` (its flow run vanished from the server)."""
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE files SET state = 'seen', flow_run_id = NULL, detail = ?, "
+                    "next_attempt_at = NULL, submitted_at = NULL, updated_at = ? "
+                    "WHERE sha256 = ? AND state = 'submitted'",
+                    (reason, time.time(), sha256),
+                ).rowcount
+            )
+
+    def forget(self, sha256: str) -> bool:
+        """Drop a file never handed off (it vanished first); its bytes count as new again."""
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    "DELETE FROM files WHERE sha256 = ? AND state = 'seen'", (sha256,)
+                ).rowcount
+            )
+
+    # --- reading -----------------------------------------------------------------------
+    def get(self, sha256: str) -> LedgerEntry | None:
+        """The entry of these bytes, if any."""
+        found = self._select("WHERE sha256 = ?", (sha256,))
+        return found[0] if found else None
+
+    def entries(self) -> list[LedgerEntry]:
+        """Every entry, oldest first."""
+        return self._select()
+
+    def pending(self) -> list[LedgerEntry]:
+        """Files seen but not yet handed off (including ones waiting for a retry)."""
+        return self._select("WHERE state = 'seen'")
+
+    def submitted(self) -> list[LedgerEntry]:
+        """Files handed off whose flow run has not finished yet."""
+        return self._select("WHERE state = 'submitted'")
+
+    def due(self, now: float | None = None) -> list[LedgerEntry]:
+        """Pending files whose retry time has come and that nobody holds a live claim on."""
+        now = time.time() if now is None else now
+        return self._select(
+            "WHERE state = 'seen' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+            "AND (claimed_by IS NULL OR claim_expires_at < ?)",
+            (now, now),
+        )
+
+    def next_attempt_at(self) -> float | None:
+        """The earliest wall-clock time a pending file becomes due (its retry time, or the
+        end of another owner's claim), if any file is pending."""
+        with closing(self._connect()) as conn:
+            row = conn.execute(
+                "SELECT MIN(MAX(COALESCE(next_attempt_at, 0), "
+                "CASE WHEN claimed_by IS NULL THEN 0 ELSE claim_expires_at END)) AS due "
+                "FROM files WHERE state = 'seen'"
+            ).fetchone()
+        return None if row["due"] is None else float(row["due"])
+
+    def claims(self) -> dict[str, str]:
+        """Owner of every claimed pending file, by SHA-256."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT sha256, claimed_by FROM files "
+                "WHERE state = 'seen' AND claimed_by IS NOT NULL"
+            ).fetchall()
+        return {row["sha256"]: row["claimed_by"] for row in rows}

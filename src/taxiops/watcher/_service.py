@@ -1,0 +1,479 @@
+"""The watcher service: observer -> debounced completeness check -> ledger -> hand-off -> outcome.
+
+Threads: watchdog's observer and emitter (events only touch the debouncer) and one
+worker that checks files, hands them off and polls flow-run outcomes. Every one of
+them is joined by `stop()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, cast
+
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from taxiops.errors import DataValidationError
+from taxiops.tripfile import Month, TaxiType
+from taxiops.watcher._backoff import Backoff
+from taxiops.watcher._debounce import Debouncer, DueCheck
+from taxiops.watcher._handler import WATCHED_EVENT_TYPES, IncomingFileHandler
+from taxiops.watcher._incoming import (
+    FileSignature,
+    FileTouched,
+    IncomingFile,
+    describe_incoming,
+    has_parquet_footer,
+)
+from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry
+from taxiops.watcher._submitter import RunStatus, Submitter
+
+if TYPE_CHECKING:
+    from taxiops.settings import Settings
+
+logger = logging.getLogger("taxiops.watcher")
+
+_MAX_IDLE_SECONDS = 1.0  # look at the ledger at least this often (other processes write it too)
+_ERROR_PAUSE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class WatcherStats:
+    """Counters since `start()`; what this process did, not what the ledger holds."""
+
+    ignored: int = 0  # paths whose name is not a month file's
+    incomplete: int = 0  # checks that found a steady file without a parquet footer
+    accepted: int = 0  # new bytes recorded in the ledger
+    duplicates: int = 0  # bytes already in the ledger under another name
+    submitted: int = 0  # hand-offs Prefect acknowledged
+    failed_attempts: int = 0  # hand-offs that raised and were scheduled for a retry
+    finished: int = 0  # flow runs found succeeded / failed / rejected
+    requeued: int = 0  # flow runs missing on the server, handed off again
+
+
+class WatcherService:
+    """Watches `settings.incoming_dir` and hands each complete month file to Prefect once.
+
+    `start()` reconciles first: files already in the folder are checked (missed while
+    down), pending ledger entries are handed off, and runs left `submitted` are read
+    back from the API. A context manager; `run_forever()` is `taxiops watch`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        submitter: Submitter,
+        *,
+        backoff: Backoff | None = None,
+        poll_runs_every_seconds: float = 5.0,
+        debounce_seconds: float = 0.1,
+        polling_interval_seconds: float = 1.0,
+        claim_lease_seconds: float = 120.0,
+    ) -> None:
+        self._settings = settings
+        self._submitter = submitter
+        self._backoff = backoff or Backoff()
+        self._poll_every = poll_runs_every_seconds
+        self._settle = settings.watch_settle_seconds
+        self._polling_interval = polling_interval_seconds
+        self._lease = claim_lease_seconds
+        self._folder = settings.incoming_dir.resolve()
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._debouncer = Debouncer(debounce_seconds)
+        self._handler = IncomingFileHandler(self._on_touched)
+        self._ledger: Ledger | None = None
+        self._lifecycle = threading.Lock()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._observer: BaseObserver | None = None
+        self._worker: threading.Thread | None = None
+        self._counts_lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._poll_failing = False
+
+    # --- public ------------------------------------------------------------------------
+    @property
+    def folder(self) -> Path:
+        """The watched folder, absolute."""
+        return self._folder
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger this service writes (opened on first use)."""
+        if self._ledger is None:
+            self._ledger = Ledger(self._settings.ledger_path)
+        return self._ledger
+
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    @property
+    def uses_polling(self) -> bool:
+        """Whether the running observer polls the folder (settings, or no native events)."""
+        return isinstance(self._observer, PollingObserver)
+
+    def stats(self) -> WatcherStats:
+        """A snapshot of this process's counters."""
+        with self._counts_lock:
+            counts = dict(self._counts)
+        return WatcherStats(ignored=self._handler.ignored_count, **counts)
+
+    def start(self) -> None:
+        """Open the ledger, start watching, then reconcile in the background."""
+        with self._lifecycle:
+            if self._worker is not None:
+                raise RuntimeError("watcher already started")
+            self._folder.mkdir(parents=True, exist_ok=True)
+            self.ledger  # noqa: B018 - open (and create) the ledger before any thread runs
+            self._stopping.clear()
+            self._observer = self._start_observer()
+            worker = threading.Thread(
+                target=self._run, name=f"taxiops-watcher[{self._folder.name}]", daemon=True
+            )
+            self._worker = worker
+            worker.start()
+            logger.info(
+                "watching %s (%s observer), ledger %s",
+                self._folder,
+                type(self._observer).__name__,
+                self.ledger.path,
+            )
+
+    def request_stop(self) -> None:
+        """Ask the service to stop; safe from signal handlers and other threads."""
+        self._stopping.set()
+        self._wake.set()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop watching and join every thread this service started.
+
+        Raises `TimeoutError` if a thread is still alive after `timeout` seconds
+        (a hand-off stuck on an unresponsive API).
+        """
+        with self._lifecycle:
+            self.request_stop()
+            observer, worker = self._observer, self._worker
+            threads: list[threading.Thread] = []
+            if observer is not None:
+                threads.extend(observer.emitters)
+                threads.append(observer)
+                if observer.is_alive():
+                    observer.stop()  # also stops and joins the emitters
+            if worker is not None:
+                threads.append(worker)
+            deadline = time.monotonic() + timeout
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join(max(0.0, deadline - time.monotonic()))
+            alive = [thread.name for thread in threads if thread.is_alive()]
+            if alive:
+                raise TimeoutError(f"watcher threads still running after {timeout:.0f}s: {alive}")
+            self._observer = self._worker = None
+            if threads:
+                logger.info("stopped watching %s", self._folder)
+
+    def run_forever(self) -> None:
+        """Start, block until `request_stop()`, Ctrl-C or SIGTERM, then stop."""
+        restore_sigterm = threading.current_thread() is threading.main_thread()
+        if restore_sigterm:
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+                self.request_stop()
+
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        self.start()
+        try:
+            while not self._stopping.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            logger.info("interrupted")
+        finally:
+            try:
+                self.stop()
+            finally:
+                if restore_sigterm and previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
+
+    def __enter__(self) -> WatcherService:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- threads ---------------------------------------------------------------------------
+    def _start_observer(self) -> BaseObserver:
+        if not self._settings.watch_polling:
+            observer = Observer()
+            self._schedule(observer)
+            try:
+                observer.start()
+                return observer
+            except OSError as exc:  # e.g. the inotify watch limit is reached
+                logger.warning("native file events unavailable (%s); polling instead", exc)
+        observer = PollingObserver(timeout=self._polling_interval)
+        self._schedule(observer)
+        observer.start()
+        return observer
+
+    def _schedule(self, observer: BaseObserver) -> None:
+        observer.schedule(
+            self._handler,
+            self._folder,
+            recursive=False,
+            event_filter=list(WATCHED_EVENT_TYPES),
+        )
+
+    def _on_touched(self, touched: FileTouched) -> None:
+        # Observer thread: just schedule; the worker does the slow parts.
+        if touched.path.parent == self._folder:
+            logger.debug("%s: %s", touched.path.name, touched.kind)
+            self._debouncer.touch(touched.path)
+            self._wake.set()
+
+    def _run(self) -> None:
+        self._release_dead_claims()
+        self._scan_folder()
+        next_poll = 0.0  # the first poll is the reconcile of runs left `submitted`
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self._check_due_files()
+                self._submit_due()
+                if time.monotonic() >= next_poll:
+                    self._poll_runs()
+                    next_poll = time.monotonic() + self._poll_every
+                timeout = self._idle_timeout(next_poll)
+            except Exception:
+                # A locked or unreadable ledger must not end the service; try again shortly.
+                logger.exception("watcher step failed; retrying in %.0fs", _ERROR_PAUSE_SECONDS)
+                timeout = _ERROR_PAUSE_SECONDS
+            self._wake.wait(timeout)
+
+    def _idle_timeout(self, next_poll: float) -> float:
+        now = time.monotonic()
+        candidates = [_MAX_IDLE_SECONDS, next_poll - now]
+        if (next_check := self._debouncer.next_due()) is not None:
+            candidates.append(next_check - now)
+        if (next_attempt := self.ledger.next_attempt_at()) is not None:
+            candidates.append(next_attempt - time.time())
+        return max(0.0, min(candidates))
+
+    def _count(self, name: str) -> None:
+        with self._counts_lock:
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def _release_dead_claims(self) -> None:
+        """Claims held by crashed watchers on this host need not wait out their lease."""
+        try:
+            claims = self.ledger.claims()
+        except Exception:
+            logger.exception("cannot read claims from the ledger")
+            return
+        for sha256, owner in claims.items():
+            if _owner_is_dead(owner):
+                self.ledger.release(sha256, owner)
+                logger.info("released the claim of %s on %s (process gone)", owner, sha256[:12])
+
+    # --- folder -> ledger ----------------------------------------------------------------
+    def _scan_folder(self) -> None:
+        """Check every file already in the folder: the ones that arrived while we were down."""
+        try:
+            paths = sorted(p for p in self._folder.iterdir() if p.is_file())
+        except OSError as exc:
+            logger.error("cannot list %s: %s", self._folder, exc)
+            return
+        for path in paths:
+            self._handler.touch(path, "scan")
+
+    def _check_due_files(self) -> None:
+        for due in self._debouncer.pop_due():
+            if self._stopping.is_set():
+                return
+            self._check(due)
+
+    def _check(self, due: DueCheck) -> None:
+        """Hand a file on only when steady for the settle time and ending in a parquet footer."""
+        path, now = due.path, time.monotonic()
+        signature = FileSignature.of(path)
+        if signature is None:
+            logger.debug("%s is gone", path)
+            return
+        if signature != due.signature:
+            self._debouncer.recheck(
+                path, at=now + self._settle, signature=signature, signature_at=now
+            )
+            return
+        if now - due.signature_at < self._settle:
+            self._debouncer.recheck(
+                path,
+                at=due.signature_at + self._settle,
+                signature=signature,
+                signature_at=due.signature_at,
+            )
+            return
+        if not has_parquet_footer(path):
+            self._count("incomplete")
+            logger.info(
+                "%s: size steady for %.1fs but no readable parquet footer; "
+                "waiting for the writer to finish",
+                path.name,
+                self._settle,
+            )
+            return
+        try:
+            incoming = describe_incoming(path)
+        except (OSError, DataValidationError) as exc:
+            logger.warning("%s: cannot read it (%s); will look again on its next change", path, exc)
+            return
+        after = FileSignature.of(path)
+        if after != signature:  # written to while we hashed it
+            if after is not None:
+                self._debouncer.recheck(
+                    path, at=now + self._settle, signature=after, signature_at=now
+                )
+            return
+        self._accept(incoming)
+
+    def _accept(self, incoming: IncomingFile) -> None:
+        if self.ledger.record_seen(incoming):
+            self._count("accepted")
+            logger.info(
+                "%s: new %s month %s (sha256 %s, %d bytes)",
+                incoming.path.name,
+                incoming.taxi_type,
+                incoming.month,
+                incoming.sha256[:12],
+                incoming.size,
+            )
+            return
+        known = self.ledger.get(incoming.sha256)
+        if known is not None and known.path != incoming.path:
+            self._count("duplicates")
+            logger.info(
+                "%s: same bytes as %s (%s); not trained again",
+                incoming.path.name,
+                known.path.name,
+                known.state,
+            )
+
+    # --- ledger -> Prefect ----------------------------------------------------------------
+    def _submit_due(self) -> None:
+        for entry in self.ledger.due():
+            if self._stopping.is_set():
+                return
+            claimed = self.ledger.claim(entry.sha256, self._owner, lease_seconds=self._lease)
+            if claimed is not None:
+                self._hand_off(claimed)
+
+    def _hand_off(self, entry: LedgerEntry) -> None:
+        try:
+            if not entry.path.is_file():
+                self.ledger.forget(entry.sha256)
+                logger.warning("%s vanished before it was handed off; forgotten", entry.path)
+                return
+            incoming = IncomingFile(
+                path=entry.path,
+                taxi_type=cast(TaxiType, entry.taxi_type),
+                month=Month.parse(entry.month),
+                sha256=entry.sha256,
+                size=entry.size,
+            )
+            try:
+                submission = self._submitter.submit(incoming)
+            except Exception as exc:
+                attempts = entry.attempts + 1
+                delay = self._backoff.delay(attempts)
+                self.ledger.record_failed_attempt(
+                    entry.sha256, self._owner, error=str(exc), retry_at=time.time() + delay
+                )
+                self._count("failed_attempts")
+                logger.warning(
+                    "%s: hand-off attempt %d failed, next try in %.1fs: %s",
+                    entry.path.name,
+                    attempts,
+                    delay,
+                    exc,
+                )
+                return
+        except BaseException:
+            self.ledger.release(entry.sha256, self._owner)
+            raise
+        if self.ledger.mark_submitted(entry.sha256, submission.flow_run_id):
+            self._count("submitted")
+            logger.info(
+                "%s: handed to Prefect as flow run %s (%s)",
+                entry.path.name,
+                submission.flow_run_name,
+                submission.flow_run_id,
+            )
+
+    def _poll_runs(self) -> None:
+        """Read back the state of every run left `submitted` and record the finished ones."""
+        for entry in self.ledger.submitted():
+            if self._stopping.is_set():
+                return
+            if entry.flow_run_id is None:
+                continue
+            try:
+                outcome = self._submitter.read_outcome(entry.flow_run_id)
+            except Exception as exc:
+                if not self._poll_failing:
+                    logger.warning("cannot read flow-run states yet: %s", exc)
+                self._poll_failing = True
+                return
+            self._poll_failing = False
+            if outcome.status is RunStatus.ACTIVE:
+                continue
+            if outcome.status is RunStatus.MISSING:
+                if self.ledger.requeue(entry.sha256, outcome.detail or "flow run missing"):
+                    self._count("requeued")
+                    logger.warning(
+                        "%s: flow run %s is missing on the server; handing the file off again",
+                        entry.path.name,
+                        entry.flow_run_id,
+                    )
+                    self._wake.set()
+                continue
+            state = FileState(outcome.status.value)
+            if self.ledger.mark_finished(entry.sha256, state, outcome.detail):
+                self._count("finished")
+                logger.info("%s: training run %s %s", entry.path.name, entry.flow_run_id, state)
+
+
+def _owner_is_dead(owner: str) -> bool:
+    """Whether a claim owner (`host:pid:token`) is a process on this host that no longer runs."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but is not ours (EPERM)
+        return False
+    return False
+
+
+def status_rows(settings: Settings) -> list[LedgerEntry]:
+    """Every ledger entry, oldest first, for `taxiops status`; empty before any watch."""
+    if not settings.ledger_path.is_file():
+        return []
+    return Ledger(settings.ledger_path).entries()
