@@ -100,8 +100,8 @@ class Settings(BaseSettings):
         description="Slack channel for the bot token.",
     )
     apprise_urls: SecretStr | None = Field(None, description="Comma-separated apprise URLs.")
-    missing_data_days: int = Field(
-        35, ge=1, description="Alert when a taxi type has no new month for this long."
+    missing_data_days: float = Field(
+        35, gt=0, description="Alert when a taxi type has no new month for this many days."
     )
 
     @field_validator("retrain_taxi_types", mode="before")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass, is_dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -240,4 +240,13 @@ def promote_if_better(
             f"RMSE {metrics.rmse:.3f} is worse than {champion.version.name}'s {champion.metrics.rmse:.3f}",
             champion.version.name,
         )
-    return ModelRegistry(registry_root).promote(challenger, expected=champion.version)
+    promotion = ModelRegistry(registry_root).promote(challenger, expected=champion.version)
+    if promotion.reason != "promoted":
+        return promotion
+    if champion.version is None or champion.metrics is None:
+        return replace(promotion, reason=f"first {challenger.taxi_type} model")
+    return replace(
+        promotion,
+        reason=f"RMSE {metrics.rmse:.3f} is no worse than {champion.version.name}'s "
+        f"{champion.metrics.rmse:.3f}",
+    )

@@ -15,8 +15,8 @@ from prefect.blocks.abstract import NotificationError
 from pydantic import SecretStr
 
 from taxiops.errors import TaxiopsError
+from taxiops.events import NOTIFIER_BLOCK_TYPE
 from taxiops.notify import (
-    NOTIFIER_BLOCK_TYPE,
     NotifierError,
     SlackInbox,
     TaxiopsNotifier,

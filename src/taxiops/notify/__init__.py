@@ -48,8 +48,6 @@ from taxiops.notify.templates import (
 
 if TYPE_CHECKING:
     from taxiops.notify.blocks import (
-        NOTIFIER_BLOCK_NAME,
-        NOTIFIER_BLOCK_TYPE,
         NotifierError,
         TaxiopsNotifier,
         notifier_from_settings,
@@ -58,8 +56,6 @@ if TYPE_CHECKING:
 
 _FROM_BLOCKS = frozenset(
     {
-        "NOTIFIER_BLOCK_NAME",
-        "NOTIFIER_BLOCK_TYPE",
         "NotifierError",
         "TaxiopsNotifier",
         "notifier_from_settings",
@@ -78,8 +74,6 @@ __all__ = [
     "BODY_TEMPLATE_BY_EVENT",
     "FAILURE_BODY_TEMPLATE",
     "MISSING_MONTH_BODY_TEMPLATE",
-    "NOTIFIER_BLOCK_NAME",
-    "NOTIFIER_BLOCK_TYPE",
     "REJECTED_BODY_TEMPLATE",
     "SUBJECT_TEMPLATE",
     "TRAINED_BODY_TEMPLATE",

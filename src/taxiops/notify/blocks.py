@@ -21,6 +21,7 @@ from prefect.blocks.abstract import NotificationBlock, NotificationError
 from pydantic import Field, SecretStr
 
 from taxiops.errors import TaxiopsError
+from taxiops.events import NOTIFIER_BLOCK_NAME, NOTIFIER_BLOCK_TYPE
 from taxiops.notify.channels import (
     APPRISE,
     DEFAULT_RETRY,
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 
     _Logger: TypeAlias = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
-NOTIFIER_BLOCK_TYPE = "taxiops-notifier"
-NOTIFIER_BLOCK_NAME = "taxiops"
 """Name of the block document `save_notifier` writes and the automations reference."""
 
 

@@ -83,3 +83,16 @@ BODY_TEMPLATE_BY_EVENT: Mapping[str, str] = {
     events.MONTH_MISSING: MISSING_MONTH_BODY_TEMPLATE,
 }
 """Which body an automation triggered by each event should send."""
+
+
+def stale_data_body_template(window_days: float) -> str:
+    """Body for the proactive "no new data" trigger: it has no event, only the taxi-type label."""
+    return (
+        "{\n"
+        '  "kind": "missing_month",\n'
+        '  "payload": {\n'
+        f'    "taxi_type": {{{{ (labels["{events.TAXI_TYPE_LABEL}"] or "")|string|tojson }}}},\n'
+        f'    "days_since": {window_days:g}\n'
+        "  }\n"
+        "}"
+    )

@@ -1,0 +1,126 @@
+"""Automations declared in `automations/*.yaml`, applied idempotently to a Prefect server.
+
+Each YAML file is a Prefect automation (name, description, trigger) plus one
+taxiops key, `notify: <notice kind>`, which becomes a `send-notification`
+action on the taxiops notifier block with the body template of that kind
+(`taxiops.notify.templates`). `${name}` placeholders are filled from settings.
+
+Applying is keyed on the automation's name: a missing one is created, a
+changed one updated, an unchanged one left alone, and extra copies deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any
+from uuid import UUID
+
+import yaml
+from prefect.client.orchestration import PrefectClient
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import AutomationCore
+
+from taxiops.errors import TaxiopsError
+from taxiops.notify import templates
+from taxiops.settings import Settings
+
+AUTOMATIONS_DIR = Path(__file__).resolve().parents[2] / "automations"
+
+
+class AutomationSpecError(TaxiopsError):
+    """An automation file is not a valid automation."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path.name}: {detail}")
+
+
+def body_templates(settings: Settings) -> dict[str, str]:
+    """The notification body of each `notify:` kind."""
+    return {
+        "succeeded": templates.TRAINED_BODY_TEMPLATE,
+        "failed": templates.FAILURE_BODY_TEMPLATE,
+        "rejected": templates.REJECTED_BODY_TEMPLATE,
+        "missing_month": templates.MISSING_MONTH_BODY_TEMPLATE,
+        "stale_data": templates.stale_data_body_template(settings.missing_data_days),
+    }
+
+
+def load_automations(
+    settings: Settings, notifier_id: UUID, folder: Path = AUTOMATIONS_DIR
+) -> list[AutomationCore]:
+    """Every automation in `folder`, sending through the notifier block `notifier_id`."""
+    values = {"missing_data_seconds": f"{settings.missing_data_days * 86_400:g}"}
+    bodies = body_templates(settings)
+    found = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            spec: dict[str, Any] = yaml.safe_load(Template(path.read_text()).substitute(values))
+        except (KeyError, ValueError, yaml.YAMLError) as exc:
+            raise AutomationSpecError(path, f"cannot read: {exc}") from exc
+        kind = spec.pop("notify", None)
+        if kind not in bodies:
+            raise AutomationSpecError(path, f"notify must be one of {sorted(bodies)}, got {kind!r}")
+        spec["actions"] = [
+            SendNotification(
+                block_document_id=notifier_id, subject=templates.SUBJECT_TEMPLATE, body=bodies[kind]
+            )
+        ]
+        try:
+            found.append(AutomationCore.model_validate(spec))
+        except ValueError as exc:
+            raise AutomationSpecError(path, str(exc)) from exc
+    return found
+
+
+@dataclass
+class ApplyReport:
+    """What `apply_automations` did, by automation name."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    duplicates_deleted: int = 0
+
+
+async def apply_automations(client: PrefectClient, wanted: list[AutomationCore]) -> ApplyReport:
+    """Make the server hold exactly one automation per wanted name, equal to the file."""
+    report = ApplyReport()
+    for automation in wanted:
+        existing = await client.read_automations_by_name(automation.name)
+        for extra in existing[1:]:
+            await client.delete_automation(extra.id)
+            report.duplicates_deleted += 1
+        if not existing:
+            await client.create_automation(automation)
+            report.created.append(automation.name)
+        elif _comparable(existing[0]) != _comparable(automation):
+            await client.update_automation(existing[0].id, automation)
+            report.updated.append(automation.name)
+        else:
+            report.unchanged.append(automation.name)
+    return report
+
+
+def _comparable(automation: AutomationCore) -> dict[str, Any]:
+    return AutomationCore.model_validate(automation.model_dump()).model_dump(
+        mode="json", exclude={"owner_resource"}
+    )
+
+
+async def set_up_alerting(
+    client: PrefectClient,
+    settings: Settings,
+    ui_url: str | None,
+    *,
+    slack_webhook_url: str | None = None,
+    folder: Path = AUTOMATIONS_DIR,
+) -> ApplyReport:
+    """Save the notifier block from settings and apply every automation file to it."""
+    from taxiops.notify import save_notifier
+
+    notifier_id = await save_notifier(settings, ui_url, slack_webhook_url=slack_webhook_url)
+    return await apply_automations(client, load_automations(settings, notifier_id, folder))

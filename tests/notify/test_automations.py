@@ -1,0 +1,295 @@
+"""Automations on a real Prefect server, delivering to the local Slack-compatible inbox.
+
+The server's trigger and action services do the sending, so these tests wait on
+the inbox with timeouts. Every server-side test filters messages by its own flow
+run (or taxi type), since automations are server-wide and tests share the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flows.train import train_duration_model
+from prefect import flow
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.events import emit_event
+from prefect.states import State
+
+from taxiops import events
+from taxiops.alerting import AUTOMATIONS_DIR, load_automations, set_up_alerting
+from taxiops.ml import write_synth_month
+from taxiops.notify import InboxMessage, SlackInbox
+from taxiops.server import LocalPrefectServer
+from taxiops.settings import Settings
+from taxiops.tasks import taxiops_task
+from taxiops.tripfile import Month
+
+DELIVERY_TIMEOUT = 60.0
+QUIET_PERIOD = 4.0
+
+
+@pytest.fixture
+def inbox() -> Iterator[SlackInbox]:
+    with SlackInbox(echo=False) as box:
+        yield box
+
+
+@pytest.fixture
+def alerting(
+    settings: Settings,
+    prefect_server: LocalPrefectServer,
+    inbox: SlackInbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    """Notifier block pointing at this test's inbox (Slack + apprise), automations applied."""
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", inbox.url)
+    monkeypatch.setenv("TAXIOPS_APPRISE_URLS", inbox.apprise_url)
+    monkeypatch.setenv("TAXIOPS_MISSING_DATA_DAYS", str(12 / 86_400))
+    configured = Settings()
+    asyncio.run(_apply(configured, prefect_server.ui_url))
+    return configured
+
+
+async def _apply(settings: Settings, ui_url: str) -> Any:
+    async with get_client() as client:
+        return await set_up_alerting(client, settings, ui_url)
+
+
+def messages_about(inbox: SlackInbox, needle: str, endpoint: str = "webhook") -> list[InboxMessage]:
+    return [
+        m
+        for m in inbox.messages
+        if m.endpoint == endpoint and needle in (m.text or "") + str(m.blocks) + str(m.payload)
+    ]
+
+
+def wait_for_messages(
+    inbox: SlackInbox, needle: str, count: int = 1, endpoint: str = "webhook"
+) -> list[InboxMessage]:
+    """Wait until `count` messages mention `needle`, then a quiet period to catch duplicates."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while len(messages_about(inbox, needle, endpoint)) < count:
+        if time.monotonic() > deadline:
+            seen = "\n".join(m.describe() for m in inbox.messages)
+            raise TimeoutError(
+                f"{len(messages_about(inbox, needle, endpoint))} of {count} about {needle!r}; inbox:\n{seen}"
+            )
+        time.sleep(0.2)
+    time.sleep(QUIET_PERIOD)
+    return messages_about(inbox, needle, endpoint)
+
+
+@pytest.fixture
+def months(alerting: Settings) -> dict[str, Path]:
+    return {
+        label: write_synth_month(
+            alerting.incoming_dir, "green", Month.parse(label), rows=4_000, seed=i
+        )
+        for i, label in enumerate(["2023-01", "2023-02"])
+    }
+
+
+def test_applying_twice_leaves_one_copy_and_a_changed_file_updates(
+    alerting: Settings, prefect_server: LocalPrefectServer, tmp_path: Path
+) -> None:
+    again = asyncio.run(_apply(alerting, prefect_server.ui_url))
+    assert again.created == [] and again.updated == [] and again.duplicates_deleted == 0
+    assert len(again.unchanged) == len(list(AUTOMATIONS_DIR.glob("*.yaml")))
+
+    edited = tmp_path / "automations"
+    shutil.copytree(AUTOMATIONS_DIR, edited)
+    path = edited / "model-trained.yaml"
+    path.write_text(
+        path.read_text().replace("description: A training", "description: Edited. A training")
+    )
+
+    async def apply_edited() -> Any:
+        async with get_client() as client:
+            return await set_up_alerting(client, alerting, prefect_server.ui_url, folder=edited)
+
+    report = asyncio.run(apply_edited())
+    assert report.updated == ["taxiops / model trained"] and report.created == []
+
+    async def names() -> list[str]:
+        async with get_client() as client:
+            return [a.name for a in await client.read_automations()]
+
+    all_names = asyncio.run(names())
+    for name in report.updated + report.unchanged:
+        assert all_names.count(name) == 1
+    asyncio.run(_apply(alerting, prefect_server.ui_url))  # restore the real files
+
+
+def test_every_file_loads_as_an_automation(settings: Settings) -> None:
+    import uuid
+
+    loaded = load_automations(settings, uuid.uuid4())
+    assert {a.name for a in loaded} >= {
+        "taxiops / model trained",
+        "taxiops / run failed",
+        "taxiops / data rejected",
+        "taxiops / month missing",
+        "taxiops / no new data",
+    }
+    assert all(len(a.actions) == 1 for a in loaded)
+
+
+def test_a_good_month_sends_one_success_message_with_metrics_and_link(
+    months: dict[str, Path], inbox: SlackInbox, prefect_server: LocalPrefectServer
+) -> None:
+    summary = train_duration_model(new_file=str(months["2023-02"]))
+    run_id = summary.flow_run_id or ""
+
+    slack = wait_for_messages(inbox, run_id)
+    apprise = wait_for_messages(inbox, run_id, endpoint="apprise")
+
+    assert len(slack) == 1
+    message = slack[0]
+    assert f"{summary.rmse:.3f}" in str(message.blocks)
+    assert f"{prefect_server.ui_url}/runs/flow-run/{run_id}" in message.button_urls
+    assert len(apprise) == 1
+
+
+def test_a_failing_run_with_retries_sends_exactly_one_failure_message(
+    alerting: Settings, inbox: SlackInbox
+) -> None:
+    attempts = {"n": 0}
+
+    @taxiops_task("read-flaky-storage")
+    def read_flaky_storage() -> None:
+        attempts["n"] += 1
+        raise ConnectionResetError("storage went away")
+
+    @flow(name=events.TRAIN_FLOW)
+    def doomed() -> None:
+        read_flaky_storage.with_options(
+            retries=2, retry_delay_seconds=0, cache_policy=NO_CACHE, persist_result=False
+        )()
+
+    state: State[Any] = doomed(return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+
+    failures = wait_for_messages(inbox, run_id)
+    assert attempts["n"] == 3
+    assert len(failures) == 1
+    assert "storage went away" in str(failures[0].blocks)
+
+
+def test_a_rejected_file_sends_one_rejection_and_no_failure(
+    months: dict[str, Path], inbox: SlackInbox
+) -> None:
+    bad = months["2023-02"].with_name("green_tripdata_2023-05.parquet")
+    bad.write_bytes(b"PAR1 this is not parquet")
+
+    state: State[Any] = train_duration_model(new_file=str(bad), return_state=True)
+
+    assert state.name == events.REJECTED_STATE
+    rejections = wait_for_messages(inbox, bad.name)
+    assert len(rejections) == 1
+    assert "unreadable-parquet" in str(rejections[0].blocks)
+    # The rejection is the only message about this run: the failure automation stays quiet.
+    assert len(messages_about(inbox, str(state.state_details.flow_run_id))) == 1
+
+
+CRASHING_FLOW = textwrap.dedent(
+    f"""
+    import time
+    from prefect import flow
+
+    @flow(name={events.TRAIN_FLOW!r})
+    def long_training():
+        print("started", flush=True)
+        time.sleep(120)
+
+    long_training()
+    """
+)
+
+
+def test_a_crashed_flow_process_sends_one_message(alerting: Settings, inbox: SlackInbox) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_FLOW],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ},
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "started" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+
+    crashes = wait_for_messages(inbox, "Crashed")
+    assert len(crashes) == 1
+
+
+def test_slack_answering_500_then_200_delivers_once(
+    months: dict[str, Path], inbox: SlackInbox
+) -> None:
+    inbox.respond_next(500)
+
+    summary = train_duration_model(new_file=str(months["2023-02"]))
+
+    delivered = wait_for_messages(inbox, summary.flow_run_id or "")
+    assert len(delivered) == 1
+    assert inbox.request_count >= 2
+
+
+def test_a_missing_month_from_the_schedule_sends_one_message(
+    alerting: Settings, inbox: SlackInbox
+) -> None:
+    emit_event(
+        event=events.MONTH_MISSING,
+        resource={
+            "prefect.resource.id": events.taxi_type_resource_id("yellow"),
+            "prefect.resource.name": "yellow",
+        },
+        payload={"taxi_type": "yellow", "expected_month": "2031-07", "newest_month": "2031-05"},
+    )
+
+    missing = wait_for_messages(inbox, "2031-07")
+    assert len(missing) == 1
+
+
+def test_no_new_data_within_the_window_sends_a_proactive_message(
+    alerting: Settings, inbox: SlackInbox
+) -> None:
+    emit_event(
+        event=events.DATA_ARRIVED,
+        resource=events.month_resource("purple", "2031-01", "purple_tripdata_2031-01.parquet"),
+        payload={"taxi_type": "purple"},
+    )
+
+    stale = wait_for_messages(inbox, "purple")
+    assert len(stale) == 1
+
+
+def test_no_secret_appears_in_logs(
+    months: dict[str, Path],
+    inbox: SlackInbox,
+    prefect_server: LocalPrefectServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    inbox.respond_next(500)
+    summary = train_duration_model(new_file=str(months["2023-02"]))
+    wait_for_messages(inbox, summary.flow_run_id or "")
+
+    server_log = (prefect_server.state_dir / "server.log").read_text(errors="replace")
+    assert inbox.token not in caplog.text
+    assert inbox.token not in server_log
