@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from flows.train import train_duration_model
 from taxiops import events
+from taxiops.entrypoints import TRAIN_ENTRYPOINT, load_flow
 from taxiops.errors import MissingMonthError
 from taxiops.report import TrainingSummary
 from taxiops.schedule import RetrainPlan, plan_retrain
@@ -39,6 +39,8 @@ def monthly_retrain(
         run_day,
         settings.publication_lag_months,
     )
+    # Loaded by path, like prefect.yaml does, so this works from any working directory.
+    train_duration_model = load_flow(TRAIN_ENTRYPOINT)
     summaries: list[TrainingSummary] = []
     missing: list[RetrainPlan] = []
     for plan in plans:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from taxiops.errors import TaxiopsError
+
+if TYPE_CHECKING:
+    from taxiops.alerting import ApplyReport
+    from taxiops.service import ServiceReady
 
 app = typer.Typer(
     help="Keep a NYC taxi trip-duration model fresh: drop a month file, get a model, hear about it.",
@@ -88,6 +92,173 @@ def synth(
     for index, text in enumerate(months or ["2023-01", "2023-02"]):
         path = write_synth_month(folder, taxi_type, Month.parse(text), rows=rows, seed=seed + index)
         print(path)
+
+
+def _announce(ready: ServiceReady) -> None:
+    api = ready.api
+    where = "local server (SQLite under TAXIOPS_HOME)" if api.local else "existing server"
+    print(f"taxiops is up — Prefect UI: {api.ui_url}  ({where})", flush=True)
+    print(
+        f"  watching {ready.incoming_dir} for <green|yellow>_tripdata_YYYY-MM.parquet", flush=True
+    )
+    print(f"  serving {', '.join(ready.deployments)}", flush=True)
+    report = ready.automations
+    print(
+        f"  automations: {len(report.created)} created, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged",
+        flush=True,
+    )
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+@app.command()
+def up() -> None:
+    """Start everything: Prefect server (unless PREFECT_API_URL is set), deployments, automations, watcher."""
+    from taxiops.service import run_service
+    from taxiops.settings import load_settings
+
+    run_service(load_settings(), on_ready=_announce)
+    print("taxiops stopped.", flush=True)
+
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option(help="Trips per synthetic sample month.")] = 20_000,
+) -> None:
+    """The offline demo: sample months in the incoming folder, alerts in this terminal, then `up`."""
+    from taxiops.ml import write_synth_month
+    from taxiops.notify import SlackInbox
+    from taxiops.service import run_service
+    from taxiops.settings import load_settings
+    from taxiops.tripfile import Month, TaxiType, file_name_for
+
+    settings = load_settings()
+    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+    samples: list[tuple[TaxiType, str]] = [
+        ("green", "2023-01"),
+        ("green", "2023-02"),
+        ("yellow", "2023-01"),
+        ("yellow", "2023-02"),
+    ]
+    for seed, (taxi_type, month) in enumerate(samples):
+        if not (settings.incoming_dir / file_name_for(taxi_type, Month.parse(month))).exists():
+            path = write_synth_month(
+                settings.incoming_dir, taxi_type, Month.parse(month), rows=rows, seed=seed
+            )
+            print(f"sample month: {path}", flush=True)
+    use_inbox = settings.slack_webhook_url is None and settings.slack_bot_token is None
+    inbox = SlackInbox() if use_inbox else None
+    if inbox is not None:
+        inbox.start()
+        print(
+            f"no SLACK_WEBHOOK_URL: alerts go to the local inbox at {inbox.base_url} and print here"
+        )
+    try:
+        run_service(
+            settings,
+            slack_webhook_url=None if inbox is None else inbox.url,
+            on_ready=_announce_demo,
+        )
+    finally:
+        if inbox is not None:
+            inbox.stop()
+    print("taxiops demo stopped.", flush=True)
+
+
+def _announce_demo(ready: ServiceReady) -> None:
+    _announce(ready)
+    print(
+        "Try: taxiops synth "
+        f"{ready.incoming_dir} --month 2023-03   (a new month: a new run, a new alert)",
+        flush=True,
+    )
+
+
+@app.command()
+def watch() -> None:
+    """Run the watcher alone, handing files to deployments served elsewhere (PREFECT_API_URL)."""
+    from taxiops.settings import load_settings
+    from taxiops.watcher import PrefectSubmitter, WatcherService
+
+    settings = load_settings()
+    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+    WatcherService(settings, PrefectSubmitter.from_settings(settings)).run_forever()
+
+
+@app.command()
+def status() -> None:
+    """Print the ledger of month files and the model in production for each taxi type."""
+    from taxiops.registry import ModelRegistry
+    from taxiops.settings import load_settings
+    from taxiops.watcher import status_rows
+
+    settings = load_settings()
+    rows = status_rows(settings)
+    print(f"{'state':<10} {'file':<34} {'sha256':<12} {'flow run':<36} detail")
+    for entry in rows:
+        print(
+            f"{entry.state.value:<10} {Path(entry.path).name:<34} {entry.sha256[:12]:<12} "
+            f"{entry.flow_run_id or '-':<36} {entry.detail or ''}"
+        )
+    if not rows:
+        print("(no files seen yet)")
+    registry = ModelRegistry(settings.models_dir)
+    for taxi_type in registry.taxi_types():
+        production = registry.production(taxi_type)
+        versions = len(registry.versions(taxi_type))
+        if production is None:
+            print(f"{taxi_type}: {versions} versions, none in production")
+        else:
+            print(
+                f"{taxi_type}: production {production.name} "
+                f"(RMSE {production.card.metrics['rmse']:.3f} on {production.card.validation_month}), "
+                f"{versions} versions"
+            )
+
+
+@app.command()
+def inbox(
+    host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 4280,
+    log: Annotated[Path | None, typer.Option(help="Append messages to this JSONL file.")] = None,
+) -> None:
+    """A local Slack-compatible incoming webhook that prints what it receives."""
+    from taxiops.notify import serve_inbox
+
+    serve_inbox(host, port, log)
+
+
+automations_app = typer.Typer(help="Prefect automations declared in automations/*.yaml.")
+app.add_typer(automations_app, name="automations")
+
+
+@automations_app.command("apply")
+def automations_apply() -> None:
+    """Save the notifier block and create or update every automation (idempotent)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from taxiops.alerting import set_up_alerting
+    from taxiops.server import ui_url_for
+    from taxiops.settings import load_settings
+
+    settings = load_settings()
+
+    async def apply() -> ApplyReport:
+        async with get_client() as client:
+            return await set_up_alerting(client, settings, ui_url_for(str(client.api_url)))
+
+    report = asyncio.run(apply())
+    for label, names in (
+        ("created", report.created),
+        ("updated", report.updated),
+        ("unchanged", report.unchanged),
+    ):
+        for name in names:
+            print(f"{label:<10} {name}")
+    if report.duplicates_deleted:
+        print(f"deleted {report.duplicates_deleted} duplicate copies")
 
 
 def main() -> None:

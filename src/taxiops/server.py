@@ -121,3 +121,8 @@ def is_healthy(api_url: str) -> bool:
         return httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def ui_url_for(api_url: str) -> str:
+    """The Prefect UI of an API URL (`http://host:port/api` -> `http://host:port`)."""
+    return api_url.rstrip("/").removesuffix("/api")
