@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
+from prefect.states import Failed
 
 from taxiops import events
 from taxiops.entrypoints import TRAIN_ENTRYPOINT, load_flow
@@ -52,11 +53,15 @@ def monthly_retrain(
         logger.info("retraining %s on %s", plan.taxi_type, plan.newest.name)
         summaries.append(train_duration_model(new_file=str(plan.newest.path)))
     if missing:
-        raise MissingMonthError(
+        error = MissingMonthError(
             ", ".join(p.taxi_type for p in missing),
             ", ".join(sorted({str(p.expected) for p in missing})),
             settings.incoming_dir,
         )
+        logger.error(str(error))
+        # A Failed state named "MissingMonth": the month-missing alert speaks for it,
+        # the generic failure alert stays quiet.
+        return Failed(name=events.MISSING_MONTH_STATE, message=str(error), data=error)  # type: ignore[return-value]
     return summaries
 
 

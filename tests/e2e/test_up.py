@@ -1,0 +1,109 @@
+"""`taxiops up` as a user runs it: its own server, a dropped file, an alert, a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from taxiops.ml import write_synth_month
+from taxiops.notify import SlackInbox
+from taxiops.server import free_port
+from taxiops.tripfile import Month
+
+STARTUP_TIMEOUT = 120.0
+RUN_TIMEOUT = 120.0
+
+
+def drop(folder: Path, taxi_type: str, month: str, seed: int) -> Path:
+    """Write a month elsewhere, then move it in: it lands complete, as a copy tool would."""
+    staged = write_synth_month(
+        folder.parent / "staging", taxi_type, Month.parse(month), rows=3_000, seed=seed
+    )  # type: ignore[arg-type]
+    return staged.rename(folder / staged.name)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, SlackInbox, Path]]:
+    incoming = tmp_path / "data" / "incoming"
+    incoming.mkdir(parents=True)
+    log_path = tmp_path / "up.log"
+    with SlackInbox(echo=False) as inbox:
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env.update(
+            TAXIOPS_HOME=str(tmp_path / "home"),
+            TAXIOPS_INCOMING_DIR=str(incoming),
+            TAXIOPS_SERVER_PORT=str(free_port()),
+            SLACK_WEBHOOK_URL=inbox.url,
+        )
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "taxiops", "up"],
+                cwd=tmp_path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        try:
+            wait_for(lambda: "taxiops is up" in log_path.read_text(), STARTUP_TIMEOUT, "taxiops up")
+            yield process, incoming, inbox, log_path
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def test_up_trains_dropped_files_alerts_and_stops_cleanly(
+    service: tuple[subprocess.Popen[str], Path, SlackInbox, Path], tmp_path: Path
+) -> None:
+    process, incoming, inbox, log_path = service
+
+    drop(incoming, "green", "2023-01", seed=1)
+    drop(incoming, "green", "2023-02", seed=2)
+    inbox.wait_for(2, timeout=RUN_TIMEOUT)
+
+    headers = " ".join(m.header or "" for m in inbox.messages)
+    assert "green 2023-01" in headers and "green 2023-02" in headers
+    status = subprocess.run(
+        [sys.executable, "-m", "taxiops", "status"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "TAXIOPS_HOME": str(tmp_path / "home"),
+            "TAXIOPS_INCOMING_DIR": str(incoming),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "green: production v000" in status.stdout
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    assert "taxiops stopped." in log_path.read_text()
+    wait_for(lambda: not group_alive(process.pid), 15, "every child of taxiops up to exit")

@@ -1,0 +1,47 @@
+"""The monthly retrain flow on a real server: retrains what is there, names what is missing."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from flows.retrain import monthly_retrain
+from prefect.states import State
+
+from taxiops import events
+from taxiops.errors import MissingMonthError
+from taxiops.ml import write_synth_month
+from taxiops.settings import Settings
+from taxiops.tripfile import Month
+
+
+def test_retrains_each_taxi_type_on_its_newest_month(
+    settings: Settings, prefect_server: Any
+) -> None:
+    for i, month in enumerate(["2023-01", "2023-02"]):
+        write_synth_month(settings.incoming_dir, "green", Month.parse(month), rows=3_000, seed=i)
+
+    summaries = monthly_retrain(taxi_types=["green"], today=date(2023, 3, 2))
+
+    assert [(s.taxi_type, s.month, s.train_months) for s in summaries] == [
+        ("green", "2023-02", ["2023-01"])
+    ]
+
+
+def test_a_missing_month_fails_clearly_after_retraining_the_others(
+    settings: Settings, prefect_server: Any
+) -> None:
+    for i, month in enumerate(["2023-01", "2023-02"]):
+        write_synth_month(settings.incoming_dir, "green", Month.parse(month), rows=3_000, seed=i)
+    write_synth_month(settings.incoming_dir, "yellow", Month(2023, 1), rows=3_000, seed=5)
+
+    state: State[Any] = monthly_retrain(
+        taxi_types=["green", "yellow"], today=date(2023, 3, 2), return_state=True
+    )
+
+    assert state.name == events.MISSING_MONTH_STATE
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, MissingMonthError)
+    assert "missing month" in str(error) and "yellow" in str(error) and "2023-02" in str(error)
+    assert (settings.home / "models" / "green" / "production.json").exists()
+    assert not (settings.home / "models" / "yellow").exists()
