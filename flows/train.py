@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from taxiops import events, ml, tasks
-from taxiops.errors import DataValidationError, ValidationRule
+from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
 from taxiops.events import REJECTED_STATE
 from taxiops.lineage import FingerprintedFile, MonthData
 from taxiops.registry import ModelRegistry
@@ -35,17 +35,25 @@ class _Steps:
 
     def run(self, task_: Any, *args: Any) -> Any:
         state = tasks.configured(task_, self.settings)(*args, return_state=True)
-        return self._result(state)
+        return self._result(task_.name, state)
 
     def run_all(self, task_: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
         futures = [tasks.configured(task_, self.settings).submit(*args) for args in calls]
         for future in futures:
             future.wait()
-        return [self._result(future.state) for future in futures]
+        return [self._result(task_.name, future.state) for future in futures]
 
-    def _result(self, state: State[Any]) -> Any:
+    def _result(self, name: str, state: State[Any]) -> Any:
+        """The task's value; bad data re-raised as is, any other failure named by its task."""
         self.states.append(state)
-        return state.result()
+        if not state.is_failed():
+            return state.result()
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, DataValidationError):
+            raise error
+        if not isinstance(error, BaseException):
+            raise TaskFailedError(name, str(state.message))
+        raise TaskFailedError(name, f"{type(error).__name__}: {error}") from error
 
     @property
     def cached(self) -> int:

@@ -3,6 +3,7 @@
     TaxiopsError
     ├── DataValidationError      a month file broke a data rule; permanent, never retried
     ├── RegistryError            the model registry could not be read or written
+    ├── TaskFailedError          a training step failed after its retries; names the step
     └── MissingMonthError        a scheduled retrain found no file for the month it expected
 
 Errors carry their context as attributes so alerts can render them without
@@ -64,6 +65,21 @@ class RegistryError(TaxiopsError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.location, self.detail))
+
+
+TASK_FAILED_PREFIX = "task "
+
+
+class TaskFailedError(TaxiopsError):
+    """A training step failed (after its retries, if the fault looked transient)."""
+
+    def __init__(self, task: str, detail: str) -> None:
+        self.task = task
+        self.detail = detail
+        super().__init__(f"{TASK_FAILED_PREFIX}{task} failed: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.detail))
 
 
 class MissingMonthError(TaxiopsError):

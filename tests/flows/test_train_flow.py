@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from taxiops import events
-from taxiops.errors import DataValidationError, ValidationRule
+from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
 from taxiops.ml import write_synth_month
 from taxiops.registry import ModelRegistry
 from taxiops.report import TrainingSummary
@@ -234,3 +234,21 @@ def test_cli_reports_a_rejected_file_as_json(settings: Settings, months: dict[st
     assert result.returncode == 1
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert "unreadable-parquet" in payload["error"] and empty.name in payload["error"]
+
+
+def test_a_broken_registry_fails_the_run_naming_the_task(
+    settings: Settings, months: dict[str, Path]
+) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.models_dir.write_text("not a folder")
+
+    state: State[Any] = train_duration_model(new_file=str(months["2023-02"]), return_state=True)
+
+    assert state.is_failed() and state.name == "Failed"
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, TaskFailedError) and error.task == "register-challenger"
+    assert "RegistryError" in str(error) and "cannot open the registry" in str(error)
+    failed = [
+        t for t in task_runs_of(state.state_details.flow_run_id or "") if t.state_name == "Failed"
+    ]
+    assert [t.run_count for t in failed] == [1]  # a registry error is not transient

@@ -293,3 +293,16 @@ def test_no_secret_appears_in_logs(
     server_log = (prefect_server.state_dir / "server.log").read_text(errors="replace")
     assert inbox.token not in caplog.text
     assert inbox.token not in server_log
+
+
+def test_a_failure_message_names_the_failed_task_and_error(
+    months: dict[str, Path], alerting: Settings, inbox: SlackInbox
+) -> None:
+    alerting.models_dir.parent.mkdir(parents=True, exist_ok=True)
+    alerting.models_dir.write_text("not a folder")
+
+    state: State[Any] = train_duration_model(new_file=str(months["2023-02"]), return_state=True)
+
+    (failure,) = wait_for_messages(inbox, str(state.state_details.flow_run_id))
+    assert failure.fields.get("Failed task") == "register-challenger", failure.fields
+    assert "cannot open the registry" in str(failure.blocks)

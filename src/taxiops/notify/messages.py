@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from taxiops import events
-from taxiops.errors import TaxiopsError
+from taxiops.errors import TASK_FAILED_PREFIX, TaxiopsError
 
 NotifyLevel = Literal["info", "success", "warning", "failure"]
 
@@ -247,6 +248,8 @@ class Notice(BaseModel):
                 flat.update(_present(data[nested]))
         flat.update(_present({k: v for k, v in data.items() if k not in ("payload", "facts")}))
         kind = _kind_of(flat)
+        if "failed_task" not in flat:
+            flat.update(_failed_task_from(flat.get("message")))
         facts = _validate_leniently(FACTS_BY_KIND[kind], flat)
         common = {
             key: value if isinstance(value, str) else str(value)
@@ -707,3 +710,12 @@ def _fallback_text(plain: _Layout, url: str | None) -> str:
     if url:
         text += f" {url}"
     return _clip(text, _FALLBACK_TEXT_MAX)
+
+
+_FAILED_TASK = re.compile(r"\b" + re.escape(TASK_FAILED_PREFIX) + r"(?P<task>[\w.-]+) failed: ")
+
+
+def _failed_task_from(message: object) -> dict[str, str]:
+    """The step named by a `TaskFailedError` message, wherever Prefect wrapped it."""
+    match = _FAILED_TASK.search(message) if isinstance(message, str) else None
+    return {"failed_task": match["task"]} if match else {}
