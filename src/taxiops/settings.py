@@ -79,6 +79,21 @@ class Settings(BaseSettings):
     watch_polling: bool = Field(
         False, description="Poll the folder instead of inotify (network folders)."
     )
+    watch_debounce_seconds: float = Field(
+        0.1, ge=0, description="Events for one file within this window are checked once."
+    )
+    watch_polling_interval_seconds: float = Field(
+        1.0, gt=0, description="Scan interval of the polling observer."
+    )
+    watch_poll_runs_seconds: float = Field(
+        5.0, gt=0, description="How often submitted runs are read back for their outcome."
+    )
+    watch_backoff_max_seconds: float = Field(
+        60.0, gt=0, description="Longest wait between hand-off attempts while Prefect is down."
+    )
+    watch_claim_lease_seconds: float = Field(
+        120.0, gt=0, description="A watcher's claim on a file expires after this (crashed watcher)."
+    )
     watch_settle_seconds: float = Field(
         0.5, ge=0, description="A file's size must hold this long before hand-off."
     )

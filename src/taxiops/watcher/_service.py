@@ -75,18 +75,22 @@ class WatcherService:
         submitter: Submitter,
         *,
         backoff: Backoff | None = None,
-        poll_runs_every_seconds: float = 5.0,
-        debounce_seconds: float = 0.1,
-        polling_interval_seconds: float = 1.0,
-        claim_lease_seconds: float = 120.0,
+        poll_runs_every_seconds: float | None = None,
+        debounce_seconds: float | None = None,
+        polling_interval_seconds: float | None = None,
+        claim_lease_seconds: float | None = None,
     ) -> None:
+        """Timings come from `settings` (`TAXIOPS_WATCH_*`); keyword arguments override them."""
         self._settings = settings
         self._submitter = submitter
-        self._backoff = backoff or Backoff()
-        self._poll_every = poll_runs_every_seconds
+        self._backoff = backoff or Backoff(max_delay_seconds=settings.watch_backoff_max_seconds)
+        self._poll_every = _given(poll_runs_every_seconds, settings.watch_poll_runs_seconds)
         self._settle = settings.watch_settle_seconds
-        self._polling_interval = polling_interval_seconds
-        self._lease = claim_lease_seconds
+        self._polling_interval = _given(
+            polling_interval_seconds, settings.watch_polling_interval_seconds
+        )
+        self._lease = _given(claim_lease_seconds, settings.watch_claim_lease_seconds)
+        debounce_seconds = _given(debounce_seconds, settings.watch_debounce_seconds)
         self._folder = settings.incoming_dir.resolve()
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._debouncer = Debouncer(debounce_seconds)
@@ -477,3 +481,7 @@ def status_rows(settings: Settings) -> list[LedgerEntry]:
     if not settings.ledger_path.is_file():
         return []
     return Ledger(settings.ledger_path).entries()
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
