@@ -107,3 +107,40 @@ def test_up_trains_dropped_files_alerts_and_stops_cleanly(
     assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
     assert "taxiops stopped." in log_path.read_text()
     wait_for(lambda: not group_alive(process.pid), 15, "every child of taxiops up to exit")
+
+
+def test_demo_trains_sample_months_and_prints_alerts_without_slack(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in ("PREFECT_API_URL", "SLACK_WEBHOOK_URL", "SLACK_BOT_TOKEN", "TAXIOPS_APPRISE_URLS")
+    }
+    env.update(TAXIOPS_SERVER_PORT=str(free_port()))
+    log_path = tmp_path / "demo.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "taxiops", "demo", "--rows", "2000"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(
+            lambda: log_path.read_text().count("── Slack webhook") >= 4,
+            STARTUP_TIMEOUT + RUN_TIMEOUT,
+            "four alerts printed by the local inbox",
+        )
+        output = log_path.read_text()
+        assert "no SLACK_WEBHOOK_URL" in output
+        assert (tmp_path / "data" / "incoming" / "yellow_tripdata_2023-02.parquet").exists()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+        assert "taxiops demo stopped." in log_path.read_text()
+        wait_for(lambda: not group_alive(process.pid), 15, "every child of taxiops demo to exit")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
