@@ -83,6 +83,17 @@ def should_promote(challenger: Metrics, champion: Metrics | None) -> bool:
     return champion is None or challenger.rmse <= champion.rmse
 
 
+def validation_month_of(version: ModelVersion) -> str:
+    """`YYYY-MM` of the month a version was judged on (labels may say "(validation)")."""
+    return version.card.validation_month[:7]
+
+
+def is_backfill(challenger: ModelVersion, champion: ModelVersion) -> bool:
+    """Whether the challenger was judged on an older month than the champion was: a model
+    for a late-arriving old month must not replace one built for newer data."""
+    return validation_month_of(challenger) < validation_month_of(champion)
+
+
 class ModelRegistry:
     """Model versions and the production pointer for each taxi type, on local disk."""
 

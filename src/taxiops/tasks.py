@@ -29,7 +29,15 @@ import taxiops
 from taxiops import ml
 from taxiops.errors import TaxiopsError
 from taxiops.lineage import FingerprintedFile, MonthData, TrainedModel, model_key
-from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, Promotion, should_promote
+from taxiops.registry import (
+    ModelCard,
+    ModelRegistry,
+    ModelVersion,
+    Promotion,
+    is_backfill,
+    should_promote,
+    validation_month_of,
+)
 from taxiops.settings import Settings
 
 P = ParamSpec("P")
@@ -232,7 +240,15 @@ def evaluate_champion(
 def promote_if_better(
     registry_root: Path, challenger: ModelVersion, metrics: ml.Metrics, champion: ChampionScore
 ) -> Promotion:
-    """Promote the challenger when its RMSE is no worse than the champion's on the same month."""
+    """Promote the challenger when its RMSE is no worse than the champion's on the same month
+    and it is not a backfill of a month older than the champion's."""
+    if champion.version is not None and is_backfill(challenger, champion.version):
+        return Promotion(
+            False,
+            f"{validation_month_of(challenger)} is older than {champion.version.name}'s month "
+            f"{validation_month_of(champion.version)}: a backfill never replaces production",
+            champion.version.name,
+        )
     if not should_promote(metrics, champion.metrics):
         assert champion.metrics is not None and champion.version is not None
         return Promotion(

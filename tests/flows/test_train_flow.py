@@ -252,3 +252,17 @@ def test_a_broken_registry_fails_the_run_naming_the_task(
         t for t in task_runs_of(state.state_details.flow_run_id or "") if t.state_name == "Failed"
     ]
     assert [t.run_count for t in failed] == [1]  # a registry error is not transient
+
+
+def test_a_late_older_month_never_replaces_a_model_built_for_a_newer_one(
+    settings: Settings, months: dict[str, Path]
+) -> None:
+    newer = run(months["2023-02"])
+    months["2023-02"].unlink()
+
+    backfill = run(months["2023-01"])  # split by pickup time: judged on January
+
+    assert newer.promoted and not backfill.promoted
+    assert "backfill" in backfill.promotion_reason
+    production = ModelRegistry(settings.models_dir).production("green")
+    assert production is not None and production.name == newer.model_version
