@@ -10,10 +10,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from taxiops.ml import DurationModel, PreparedTrips, TrainingParams
 from taxiops.tripfile import TripFile, parse_trip_file, sha256_of
+
+if TYPE_CHECKING:
+    from taxiops.ml import DurationModel, PreparedTrips, TrainingParams
 
 MonthPart = Literal["all", "train", "validation"]
 

@@ -24,10 +24,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from taxiops import ml
 from taxiops.errors import RegistryError
-from taxiops.ml import DurationModel, Metrics
+
+if TYPE_CHECKING:
+    from taxiops.ml import DurationModel, Metrics
 
 CARD_FILE = "card.json"
 PRODUCTION_FILE = "production.json"
@@ -144,7 +147,7 @@ class ModelRegistry:
     def load_model(self, version: ModelVersion) -> DurationModel:
         """The model of a version, ready to predict."""
         try:
-            return DurationModel.load(version.path)
+            return ml.DurationModel.load(version.path)
         except (OSError, ValueError) as exc:
             raise RegistryError(version.path, f"cannot load model {version.name}: {exc}") from exc
 

@@ -95,7 +95,9 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A watcher's claim on a file expires after this (crashed watcher)."
     )
     watch_settle_seconds: float = Field(
-        0.5, ge=0, description="A file's size must hold this long before hand-off."
+        0.25,
+        ge=0,
+        description="Without a close or move event, a file's size must hold this long before hand-off.",
     )
 
     # --- notifications -------------------------------------------------------

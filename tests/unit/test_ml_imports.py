@@ -40,3 +40,27 @@ def test_importing_the_package_loads_no_prefect_and_writes_nothing(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_public_name_resolves_to_itself_not_a_submodule() -> None:
+    import importlib
+    import types
+
+    for path in ML_DIR.glob("*.py"):  # importing a submodule sets it as a package attribute
+        importlib.import_module(f"taxiops.ml.{path.stem}")
+    for name in taxiops.ml.__all__:
+        assert not isinstance(getattr(taxiops.ml, name), types.ModuleType), name
+
+
+def test_loading_the_training_flow_does_not_import_pandas_or_xgboost() -> None:
+    """A flow run reports Running before it pays ~0.5 s for the ML libraries."""
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys; sys.path.insert(0, '.'); import flows.train; "
+        "print(sorted(m for m in ('pandas', 'xgboost', 'pyarrow') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -1,38 +1,58 @@
-"""Pure ML for trip durations: pandas, pyarrow, numpy and XGBoost. Never imports Prefect.
+"""Pure ML for trip durations: pandas, pyarrow, XGBoost. No Prefect here.
 
-    load_trips -> split_by_pickup_time -> train_model -> evaluate -> DurationModel.save
+load_trips -> split_by_pickup_time -> train_model -> evaluate -> DurationModel.save
 
-One module each: `schema` (column names and types), `data` (read, check,
-prepare), `features` (zone statistics), `model` (train, save, load),
-`evaluate` (RMSE, MAE), `plots` (SVG), `synth` (synthetic and resampled months).
+Names load on first use (PEP 562): pandas and XGBoost take about half a second to
+import, and a flow run should report Running before it pays for them.
 """
 
 from __future__ import annotations
 
-from taxiops.ml.data import PreparedTrips, PrepareReport, load_trips, split_by_pickup_time
-from taxiops.ml.evaluate import Metrics, evaluate
-from taxiops.ml.model import DurationModel, TrainingParams, train_model
-from taxiops.ml.plots import predicted_vs_actual_svg, svg_data_uri
-from taxiops.ml.schema import PREPARED_COLUMNS, TripColumns, tlc_file_schema, trip_columns
-from taxiops.ml.synth import resample_month, synth_month, write_synth_month
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taxiops.ml.data import PreparedTrips, PrepareReport, load_trips, split_by_pickup_time
+    from taxiops.ml.metrics import Metrics, evaluate
+    from taxiops.ml.model import DurationModel, TrainingParams, train_model
+    from taxiops.ml.plots import predicted_vs_actual_svg
+    from taxiops.ml.synth import resample_month, synth_month, write_synth_month
+
+_HOME = {
+    "PreparedTrips": "data",
+    "PrepareReport": "data",
+    "load_trips": "data",
+    "split_by_pickup_time": "data",
+    "Metrics": "metrics",
+    "evaluate": "metrics",
+    "DurationModel": "model",
+    "TrainingParams": "model",
+    "train_model": "model",
+    "predicted_vs_actual_svg": "plots",
+    "resample_month": "synth",
+    "synth_month": "synth",
+    "write_synth_month": "synth",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"taxiops.ml.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "PREPARED_COLUMNS",
     "DurationModel",
     "Metrics",
     "PrepareReport",
     "PreparedTrips",
     "TrainingParams",
-    "TripColumns",
     "evaluate",
     "load_trips",
     "predicted_vs_actual_svg",
     "resample_month",
     "split_by_pickup_time",
-    "svg_data_uri",
     "synth_month",
-    "tlc_file_schema",
     "train_model",
-    "trip_columns",
     "write_synth_month",
 ]

@@ -18,6 +18,7 @@ class DueCheck:
     path: Path
     signature: FileSignature | None
     signature_at: float
+    finished: bool = False  # the latest event said the writer is done (closed, moved in)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class _Waiting:
     due: float
     signature: FileSignature | None
     signature_at: float
+    finished: bool = False
 
 
 class Debouncer:
@@ -42,15 +44,19 @@ class Debouncer:
         self._lock = threading.Lock()
         self._waiting: dict[Path, _Waiting] = {}
 
-    def touch(self, path: Path) -> None:
-        """Something happened to `path`: check it after the quiet spell."""
+    def touch(self, path: Path, *, finished: bool = False) -> None:
+        """Something happened to `path`: check it after the quiet spell. `finished` says the
+        event itself means the writer is done (closed after writing, moved in)."""
         due = self._clock() + self._quiet
         with self._lock:
             waiting = self._waiting.get(path)
             if waiting is None:
-                self._waiting[path] = _Waiting(due=due, signature=None, signature_at=0.0)
+                self._waiting[path] = _Waiting(
+                    due=due, signature=None, signature_at=0.0, finished=finished
+                )
             else:
                 waiting.due = due
+                waiting.finished = finished
 
     def recheck(
         self, path: Path, *, at: float, signature: FileSignature, signature_at: float
@@ -74,7 +80,9 @@ class Debouncer:
             checks = []
             for _, path in due:
                 waiting = self._waiting.pop(path)
-                checks.append(DueCheck(path, waiting.signature, waiting.signature_at))
+                checks.append(
+                    DueCheck(path, waiting.signature, waiting.signature_at, waiting.finished)
+                )
         return checks
 
     def next_due(self) -> float | None:

@@ -249,7 +249,9 @@ class WatcherService:
         # Observer thread: just schedule; the worker does the slow parts.
         if touched.path.parent == self._folder:
             logger.debug("%s: %s", touched.path.name, touched.kind)
-            self._debouncer.touch(touched.path)
+            # A close after writing or a move into the folder means the writer is done, so
+            # its check need not wait for the size to settle (the footer is still checked).
+            self._debouncer.touch(touched.path, finished=touched.kind in ("closed", "moved"))
             self._wake.set()
 
     def _run(self) -> None:
@@ -313,25 +315,32 @@ class WatcherService:
                 return
             self._check(due)
 
+    def _settled(self, due: DueCheck, signature: FileSignature, now: float) -> bool:
+        """Whether the size and mtime held for the settle time; if not, schedule a recheck."""
+        if signature != due.signature:
+            self._debouncer.recheck(
+                due.path, at=now + self._settle, signature=signature, signature_at=now
+            )
+            return False
+        if now - due.signature_at < self._settle:
+            self._debouncer.recheck(
+                due.path,
+                at=due.signature_at + self._settle,
+                signature=signature,
+                signature_at=due.signature_at,
+            )
+            return False
+        return True
+
     def _check(self, due: DueCheck) -> None:
-        """Hand a file on only when steady for the settle time and ending in a parquet footer."""
+        """Hand a file on only when finished (closed or moved in) or steady for the settle
+        time, and ending in a readable parquet footer."""
         path, now = due.path, time.monotonic()
         signature = FileSignature.of(path)
         if signature is None:
             logger.debug("%s is gone", path)
             return
-        if signature != due.signature:
-            self._debouncer.recheck(
-                path, at=now + self._settle, signature=signature, signature_at=now
-            )
-            return
-        if now - due.signature_at < self._settle:
-            self._debouncer.recheck(
-                path,
-                at=due.signature_at + self._settle,
-                signature=signature,
-                signature_at=due.signature_at,
-            )
+        if not due.finished and not self._settled(due, signature, now):
             return
         if not has_parquet_footer(path):
             self._count("incomplete")
