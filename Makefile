@@ -17,9 +17,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/train_vs_course.py
 	$(BIN)/python bench/cache_rerun.py
 	$(BIN)/python bench/peak_memory.py
+	$(BIN)/python bench/watch_latency.py
+	$(BIN)/python bench/burst.py
 
 install: $(STAMP)
 
