@@ -128,12 +128,11 @@ def _train(
 
     challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())
     metrics: ml.Metrics = steps.run(tasks.evaluate_challenger, challenger, validation)
-    root = settings.models_dir
-    version = steps.run(tasks.register_challenger, root, challenger, metrics, validation)
-    champion = steps.run(
-        tasks.evaluate_champion, root, ModelRegistry(root).champion_for(version), validation
-    )
-    promotion = steps.run(tasks.promote_if_better, root, version, metrics, champion)
+    registry = ModelRegistry(settings.models_dir)
+    ref = registry.ref()
+    version = steps.run(tasks.register_challenger, ref, challenger, metrics, validation)
+    champion = steps.run(tasks.evaluate_champion, ref, registry.champion_for(version), validation)
+    promotion = steps.run(tasks.promote_if_better, ref, version, metrics, champion, validation)
 
     summary = TrainingSummary(
         taxi_type=target.trip.taxi_type,

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +35,22 @@ if TYPE_CHECKING:
 CARD_FILE = "card.json"
 PRODUCTION_FILE = "production.json"
 LOCK_FILE = ".lock"
+IDENTITY_FILE = ".registry-id"
+
+Scorer = Callable[["ModelVersion"], "Metrics"]
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    """A registry as a task input: its identity is in cache keys, so results cached against
+    a registry that was since deleted or replaced are not served for the new one."""
+
+    root: Path
+    identity: str
+
+    @property
+    def cache_fingerprint(self) -> str:
+        return f"{self.root}:{self.identity}"
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,32 @@ def is_backfill(challenger: ModelVersion, champion: ModelVersion) -> bool:
     """Whether the challenger was judged on an older month than the champion was: a model
     for a late-arriving old month must not replace one built for newer data."""
     return validation_month_of(challenger) < validation_month_of(champion)
+
+
+def judge(
+    challenger: ModelVersion,
+    metrics: Metrics,
+    champion: ModelVersion | None,
+    champion_metrics: Metrics | None,
+) -> tuple[bool, str]:
+    """The promotion rule, and its reason in words: no champion yet, or not a backfill and
+    an RMSE no worse than the champion's on the same month."""
+    if champion is None or champion_metrics is None:
+        return True, f"first {challenger.taxi_type} model"
+    if is_backfill(challenger, champion):
+        return False, (
+            f"{validation_month_of(challenger)} is older than {champion.name}'s month "
+            f"{validation_month_of(champion)}: a backfill never replaces production"
+        )
+    if not should_promote(metrics, champion_metrics):
+        return (
+            False,
+            f"RMSE {metrics.rmse:.3f} is worse than {champion.name}'s {champion_metrics.rmse:.3f}",
+        )
+    return (
+        True,
+        f"RMSE {metrics.rmse:.3f} is no worse than {champion.name}'s {champion_metrics.rmse:.3f}",
+    )
 
 
 class ModelRegistry:
@@ -172,35 +214,55 @@ class ModelRegistry:
                 raise RegistryError(folder, f"cannot write version v{number:04d}: {exc}") from exc
         return self.version(card.taxi_type, number)
 
-    def promote(self, challenger: ModelVersion, *, expected: ModelVersion | None) -> Promotion:
-        """Make `challenger` production if production is still `expected` (compare-and-swap),
-        so a model judged against a champion never replaces a newer one it was not compared to."""
-        with self._locked(challenger.taxi_type):
-            current = self._read_production(challenger.taxi_type)
-            current_number = None if current is None else int(current["version"])
-            if current_number == challenger.number:
+    def promote_if_better(
+        self,
+        challenger: ModelVersion,
+        metrics: Metrics,
+        *,
+        champion: ModelVersion | None,
+        champion_metrics: Metrics | None,
+        rescore: Scorer,
+    ) -> Promotion:
+        """Judge the challenger against production and promote it if it wins, under the
+        registry lock. If production changed since `champion` was scored (another run
+        promoted meanwhile), the new production model is scored with `rescore` first, so
+        a model is never judged against a champion that no longer serves."""
+        taxi_type = challenger.taxi_type
+        with self._locked(taxi_type):
+            current = self._production_number(taxi_type)
+            if current == challenger.number:
                 return Promotion(
                     True, f"{challenger.name} is already in production", challenger.name
                 )
-            expected_number = None if expected is None else expected.number
-            if current_number != expected_number:
-                return Promotion(
-                    False,
-                    f"production changed to v{current_number:04d} during this run; "
-                    "re-run to compare against it",
-                    f"v{current_number:04d}",
-                )
+            if current != (None if champion is None else champion.number):
+                champion = None if current is None else self.version(taxi_type, current)
+                champion_metrics = None if champion is None else rescore(champion)
+            promoted, reason = judge(challenger, metrics, champion, champion_metrics)
+            if not promoted:
+                return Promotion(False, reason, None if champion is None else champion.name)
             record = {
                 "version": challenger.number,
-                "replaced": expected_number,
+                "replaced": None if champion is None else champion.number,
                 "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-            path = self.root / challenger.taxi_type / PRODUCTION_FILE
+            path = self.root / taxi_type / PRODUCTION_FILE
             try:
                 _write_json_durably(path, record)
             except OSError as exc:
                 raise RegistryError(path, f"cannot promote {challenger.name}: {exc}") from exc
-        return Promotion(True, "promoted", challenger.name)
+        return Promotion(True, reason, challenger.name)
+
+    def ref(self) -> RegistryRef:
+        """This registry as a task input, creating its folder and identity on first use."""
+        path = self.root / IDENTITY_FILE
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                _write_json_durably(path, {"identity": uuid.uuid4().hex})
+            identity = str(json.loads(path.read_text())["identity"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise RegistryError(self.root, f"cannot open the registry: {exc}") from exc
+        return RegistryRef(root=self.root, identity=identity)
 
     # --- internals --------------------------------------------------------------
     @contextmanager
@@ -217,6 +279,10 @@ class ModelRegistry:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _production_number(self, taxi_type: str) -> int | None:
+        record = self._read_production(taxi_type)
+        return None if record is None else int(record["version"])
 
     def _read_production(self, taxi_type: str) -> dict[str, Any] | None:
         path = self.root / taxi_type / PRODUCTION_FILE

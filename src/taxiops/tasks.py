@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, is_dataclass, replace
+from dataclasses import dataclass, is_dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -29,15 +29,7 @@ import taxiops
 from taxiops import ml
 from taxiops.errors import TaxiopsError
 from taxiops.lineage import FingerprintedFile, MonthData, TrainedModel, model_key
-from taxiops.registry import (
-    ModelCard,
-    ModelRegistry,
-    ModelVersion,
-    Promotion,
-    is_backfill,
-    should_promote,
-    validation_month_of,
-)
+from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, Promotion, RegistryRef
 from taxiops.settings import Settings
 
 P = ParamSpec("P")
@@ -199,7 +191,7 @@ def evaluate_challenger(challenger: TrainedModel, month: MonthData) -> ml.Metric
 
 @taxiops_task("register-challenger")
 def register_challenger(
-    registry_root: Path, challenger: TrainedModel, metrics: ml.Metrics, validation: MonthData
+    registry: RegistryRef, challenger: TrainedModel, metrics: ml.Metrics, validation: MonthData
 ) -> ModelVersion:
     """Keep the challenger as a new registry version (idempotent by model key)."""
     card = ModelCard(
@@ -214,7 +206,7 @@ def register_challenger(
         train_rows=challenger.train_rows,
         val_rows=metrics.rows,
     )
-    return ModelRegistry(registry_root).register(challenger.model, card)
+    return ModelRegistry(registry.root).register(challenger.model, card)
 
 
 @dataclass(frozen=True)
@@ -227,42 +219,33 @@ class ChampionScore:
 
 @taxiops_task("evaluate-champion")
 def evaluate_champion(
-    registry_root: Path, champion: ModelVersion | None, month: MonthData
+    registry: RegistryRef, champion: ModelVersion | None, month: MonthData
 ) -> ChampionScore:
     """Score the production model on the challenger's validation month."""
     if champion is None:
         return ChampionScore(version=None, metrics=None)
-    model = ModelRegistry(registry_root).load_model(champion)
+    model = ModelRegistry(registry.root).load_model(champion)
     return ChampionScore(version=champion, metrics=ml.evaluate(model, month.trips.frame))
 
 
 @taxiops_task("promote-if-better")
 def promote_if_better(
-    registry_root: Path, challenger: ModelVersion, metrics: ml.Metrics, champion: ChampionScore
+    registry: RegistryRef,
+    challenger: ModelVersion,
+    metrics: ml.Metrics,
+    champion: ChampionScore,
+    month: MonthData,
 ) -> Promotion:
-    """Promote the challenger when its RMSE is no worse than the champion's on the same month
-    and it is not a backfill of a month older than the champion's."""
-    if champion.version is not None and is_backfill(challenger, champion.version):
-        return Promotion(
-            False,
-            f"{validation_month_of(challenger)} is older than {champion.version.name}'s month "
-            f"{validation_month_of(champion.version)}: a backfill never replaces production",
-            champion.version.name,
-        )
-    if not should_promote(metrics, champion.metrics):
-        assert champion.metrics is not None and champion.version is not None
-        return Promotion(
-            False,
-            f"RMSE {metrics.rmse:.3f} is worse than {champion.version.name}'s {champion.metrics.rmse:.3f}",
-            champion.version.name,
-        )
-    promotion = ModelRegistry(registry_root).promote(challenger, expected=champion.version)
-    if promotion.reason != "promoted":
-        return promotion
-    if champion.version is None or champion.metrics is None:
-        return replace(promotion, reason=f"first {challenger.taxi_type} model")
-    return replace(
-        promotion,
-        reason=f"RMSE {metrics.rmse:.3f} is no worse than {champion.version.name}'s "
-        f"{champion.metrics.rmse:.3f}",
+    """Promote the challenger if the registry's rule says it beats production on `month`."""
+    models = ModelRegistry(registry.root)
+
+    def rescore(version: ModelVersion) -> ml.Metrics:
+        return ml.evaluate(models.load_model(version), month.trips.frame)
+
+    return models.promote_if_better(
+        challenger,
+        metrics,
+        champion=champion.version,
+        champion_metrics=champion.metrics,
+        rescore=rescore,
     )

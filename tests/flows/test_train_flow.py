@@ -239,8 +239,8 @@ def test_cli_reports_a_rejected_file_as_json(settings: Settings, months: dict[st
 def test_a_broken_registry_fails_the_run_naming_the_task(
     settings: Settings, months: dict[str, Path]
 ) -> None:
-    settings.home.mkdir(parents=True, exist_ok=True)
-    settings.models_dir.write_text("not a folder")
+    settings.models_dir.mkdir(parents=True)
+    (settings.models_dir / "green").write_text("not a folder")  # the taxi type's folder
 
     state: State[Any] = train_duration_model(new_file=str(months["2023-02"]), return_state=True)
 

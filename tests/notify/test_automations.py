@@ -298,8 +298,8 @@ def test_no_secret_appears_in_logs(
 def test_a_failure_message_names_the_failed_task_and_error(
     months: dict[str, Path], alerting: Settings, inbox: SlackInbox
 ) -> None:
-    alerting.models_dir.parent.mkdir(parents=True, exist_ok=True)
-    alerting.models_dir.write_text("not a folder")
+    alerting.models_dir.mkdir(parents=True)
+    (alerting.models_dir / "green").write_text("not a folder")  # the taxi type's folder
 
     state: State[Any] = train_duration_model(new_file=str(months["2023-02"]), return_state=True)
 

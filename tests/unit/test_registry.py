@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from taxiops.ml import (
     train_model,
     write_synth_month,
 )
-from taxiops.registry import ModelCard, ModelRegistry, should_promote
+from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, should_promote
 from taxiops.tripfile import Month, parse_trip_file
 
 
@@ -78,18 +80,77 @@ def test_a_registered_model_predicts_like_the_original(
     assert (loaded.predict(frame) == model.predict(frame)).all()
 
 
-def test_promotion_is_compare_and_swap(tmp_path: Path, model: DurationModel) -> None:
+def scores(**rmse_by_version: float) -> Callable[[ModelVersion], Metrics]:
+    """A rescore function that records what it was asked to score."""
+
+    def rescore(version: ModelVersion) -> Metrics:
+        asked.append(version.name)
+        return Metrics(rmse=rmse_by_version[version.name], mae=1.0, rows=10)
+
+    asked: list[str] = []
+    rescore.asked = asked  # type: ignore[attr-defined]
+    return rescore
+
+
+def m(rmse: float) -> Metrics:
+    return Metrics(rmse=rmse, mae=rmse / 2, rows=10)
+
+
+def test_first_model_is_promoted_and_a_worse_one_is_not(
+    tmp_path: Path, model: DurationModel
+) -> None:
     registry = ModelRegistry(tmp_path)
     v1 = registry.register(model, card("a"))
     v2 = registry.register(model, card("b"))
-    v3 = registry.register(model, card("c"))
+    never = scores()
 
-    assert registry.promote(v1, expected=None).promoted
-    stale = registry.promote(v2, expected=None)  # judged against "no champion", but v1 is in
-    assert not stale.promoted and "changed" in stale.reason
-    assert registry.promote(v3, expected=v1).promoted
-    production = registry.production("green")
-    assert production is not None and production.name == "v0003"
+    first = registry.promote_if_better(
+        v1, m(5.0), champion=None, champion_metrics=None, rescore=never
+    )
+    worse = registry.promote_if_better(
+        v2, m(5.5), champion=v1, champion_metrics=m(5.0), rescore=never
+    )
+
+    assert first.promoted and first.reason == "first green model"
+    assert not worse.promoted and "worse" in worse.reason and worse.production == "v0001"
+    assert registry.production("green") == v1 and never.asked == []  # type: ignore[attr-defined]
+
+
+def test_a_champion_that_changed_meanwhile_is_rescored_before_judging(
+    tmp_path: Path, model: DurationModel
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    v1, v2, v3 = (registry.register(model, card(key)) for key in "abc")
+    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
+
+    # v2 and v3 were both judged against "no champion" while v1 got promoted.
+    rescore = scores(v0001=4.0)
+    lost = registry.promote_if_better(
+        v2, m(4.5), champion=None, champion_metrics=None, rescore=rescore
+    )
+    won = registry.promote_if_better(
+        v3, m(3.5), champion=None, champion_metrics=None, rescore=rescore
+    )
+
+    assert rescore.asked == ["v0001", "v0001"]  # type: ignore[attr-defined]
+    assert not lost.promoted and "worse than v0001's 4.000" in lost.reason
+    assert won.promoted and registry.production("green") == v3
+
+
+def test_a_backfill_never_replaces_production(tmp_path: Path, model: DurationModel) -> None:
+    registry = ModelRegistry(tmp_path)
+    newer = registry.register(model, card("a"))
+    older = registry.register(model, replace(card("b"), validation_month="2023-01 (validation)"))
+    registry.promote_if_better(
+        newer, m(5.0), champion=None, champion_metrics=None, rescore=scores()
+    )
+
+    backfill = registry.promote_if_better(
+        older, m(1.0), champion=newer, champion_metrics=m(5.0), rescore=scores()
+    )
+
+    assert not backfill.promoted and "backfill" in backfill.reason
+    assert registry.production("green") == newer
 
 
 def test_champion_for_a_challenger_already_in_production_is_what_it_replaced(
@@ -98,12 +159,19 @@ def test_champion_for_a_challenger_already_in_production_is_what_it_replaced(
     registry = ModelRegistry(tmp_path)
     v1 = registry.register(model, card("a"))
     v2 = registry.register(model, card("b"))
-    registry.promote(v1, expected=None)
+    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
 
     assert registry.champion_for(v2) == v1
-    registry.promote(v2, expected=v1)
+    registry.promote_if_better(v2, m(4.0), champion=v1, champion_metrics=m(5.0), rescore=scores())
     assert registry.champion_for(v2) == v1  # a re-run compares the same pair again
     assert registry.champion_for(v1) == v2
+
+
+def test_the_registry_identity_is_stable_and_changes_with_a_new_registry(tmp_path: Path) -> None:
+    first = ModelRegistry(tmp_path / "models").ref()
+    assert ModelRegistry(tmp_path / "models").ref() == first
+    shutil.rmtree(tmp_path / "models")
+    assert ModelRegistry(tmp_path / "models").ref().cache_fingerprint != first.cache_fingerprint
 
 
 def test_should_promote_only_when_no_worse() -> None:
@@ -123,7 +191,7 @@ def test_failed_write_leaves_no_partial_version(tmp_path: Path, model: DurationM
             raise OSError(28, "No space left on device")
 
     v1 = registry.register(model, card("a"))
-    registry.promote(v1, expected=None)
+    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
 
     with pytest.raises(RegistryError, match="cannot write version v0002.*No space left"):
         registry.register(BrokenModel(), card("b"))  # type: ignore[arg-type]
