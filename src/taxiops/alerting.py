@@ -1,9 +1,10 @@
 """Automations declared in `automations/*.yaml`, applied idempotently to a Prefect server.
 
-Each YAML file is a Prefect automation (name, description, trigger) plus one
-taxiops key, `notify: <notice kind>`, which becomes a `send-notification`
-action on the taxiops notifier block with the body template of that kind
-(`taxiops.notify.templates`). `${name}` placeholders are filled from settings.
+Each YAML file is a Prefect automation (name, description, trigger, and any
+Prefect `actions`) plus one taxiops key, `notify: <notice kind>`, which adds a
+`send-notification` action on the taxiops notifier block with the body template
+of that kind (`taxiops.notify.templates`). `${name}` placeholders are filled
+from settings.
 
 Applying is keyed on the automation's name: a missing one is created, a
 changed one updated, an unchanged one left alone, and extra copies deleted.
@@ -53,7 +54,10 @@ def load_automations(
     settings: Settings, notifier_id: UUID, folder: Path = AUTOMATIONS_DIR
 ) -> list[AutomationCore]:
     """Every automation in `folder`, sending through the notifier block `notifier_id`."""
-    values = {"missing_data_seconds": f"{settings.missing_data_days * 86_400:g}"}
+    values = {
+        "missing_data_seconds": f"{settings.missing_data_days * 86_400:g}",
+        "silent_run_seconds": f"{settings.silent_run_seconds:g}",
+    }
     bodies = body_templates(settings)
     found = []
     for path in sorted(folder.glob("*.yaml")):
@@ -62,13 +66,22 @@ def load_automations(
         except (KeyError, ValueError, yaml.YAMLError) as exc:
             raise AutomationSpecError(path, f"cannot read: {exc}") from exc
         kind = spec.pop("notify", None)
-        if kind not in bodies:
-            raise AutomationSpecError(path, f"notify must be one of {sorted(bodies)}, got {kind!r}")
-        spec["actions"] = [
-            SendNotification(
-                block_document_id=notifier_id, subject=templates.SUBJECT_TEMPLATE, body=bodies[kind]
+        actions: list[Any] = list(spec.get("actions") or [])
+        if kind is not None:
+            if kind not in bodies:
+                raise AutomationSpecError(
+                    path, f"notify must be one of {sorted(bodies)}, got {kind!r}"
+                )
+            actions.append(
+                SendNotification(
+                    block_document_id=notifier_id,
+                    subject=templates.SUBJECT_TEMPLATE,
+                    body=bodies[kind],
+                )
             )
-        ]
+        if not actions:
+            raise AutomationSpecError(path, "needs `notify: <kind>` or `actions:`")
+        spec["actions"] = actions
         try:
             found.append(AutomationCore.model_validate(spec))
         except ValueError as exc:

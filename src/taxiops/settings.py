@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         ge=30,
         description="Flow-run heartbeat; a silent run is declared Crashed after a few missed beats.",
     )
+    silent_run_seconds: float = Field(
+        90,
+        ge=10,
+        description="A running flow run with no heartbeat for this long is marked Crashed (server side).",
+    )
     runner_poll_seconds: float = Field(
         0.5, gt=0, description="How often `taxiops up` looks for new runs."
     )

@@ -26,7 +26,7 @@ from prefect import flow
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.events import emit_event
-from prefect.states import State
+from prefect.states import Running, State
 
 from taxiops import events
 from taxiops.alerting import AUTOMATIONS_DIR, load_automations, set_up_alerting
@@ -53,14 +53,23 @@ def alerting(
     prefect_server: LocalPrefectServer,
     inbox: SlackInbox,
     monkeypatch: pytest.MonkeyPatch,
-) -> Settings:
-    """Notifier block pointing at this test's inbox (Slack + apprise), automations applied."""
+) -> Iterator[Settings]:
+    """Notifier block pointing at this test's inbox (Slack + apprise), automations applied
+    with short windows (12 s without data, 10 s without a heartbeat)."""
     monkeypatch.setenv("SLACK_WEBHOOK_URL", inbox.url)
     monkeypatch.setenv("TAXIOPS_APPRISE_URLS", inbox.apprise_url)
     monkeypatch.setenv("TAXIOPS_MISSING_DATA_DAYS", str(12 / 86_400))
+    monkeypatch.setenv("TAXIOPS_SILENT_RUN_SECONDS", "10")
     configured = Settings()
     asyncio.run(_apply(configured, prefect_server.ui_url))
-    return configured
+    yield configured
+    # Automations are server-wide: put the default windows back for later tests.
+    asyncio.run(
+        _apply(
+            configured.model_copy(update={"missing_data_days": 35.0, "silent_run_seconds": 90.0}),
+            prefect_server.ui_url,
+        )
+    )
 
 
 async def _apply(settings: Settings, ui_url: str) -> Any:
@@ -306,3 +315,35 @@ def test_a_failure_message_names_the_failed_task_and_error(
     (failure,) = wait_for_messages(inbox, str(state.state_details.flow_run_id))
     assert failure.fields.get("Failed task") == "register-challenger", failure.fields
     assert "cannot open the registry" in str(failure.blocks)
+
+
+@flow(name=events.TRAIN_FLOW)
+def _silent_training() -> None:
+    """Never runs: stands for a run whose process died after its last heartbeat."""
+
+
+def test_a_run_whose_heartbeats_stop_is_marked_crashed_server_side_and_alerts(
+    alerting: Settings, inbox: SlackInbox
+) -> None:
+    """No process reports this crash: the server notices the silence, as when a machine dies."""
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name(events.TRAIN_FLOW)
+        flow_run = client.create_flow_run(flow=_silent_training, state=Running())
+    emit_event(
+        event="prefect.flow-run.heartbeat",
+        resource={"prefect.resource.id": f"prefect.flow-run.{flow_run.id}"},
+        related=[
+            {
+                "prefect.resource.id": f"prefect.flow.{flow_id}",
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": events.TRAIN_FLOW,
+            }
+        ],
+    )
+
+    (alert,) = wait_for_messages(inbox, str(flow_run.id))
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    assert state is not None and state.name == "Crashed" and "heartbeat" in (state.message or "")
+    assert "Crashed" in str(alert.blocks)
