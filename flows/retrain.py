@@ -13,7 +13,7 @@ from prefect.states import Failed
 
 from taxiops import events
 from taxiops.entrypoints import TRAIN_ENTRYPOINT, load_flow
-from taxiops.errors import MissingMonthError
+from taxiops.errors import MissingMonthError, TaxiopsError
 from taxiops.report import TrainingSummary
 from taxiops.schedule import RetrainPlan, plan_retrain
 from taxiops.settings import load_settings
@@ -44,6 +44,7 @@ def monthly_retrain(
     train_duration_model = load_flow(TRAIN_ENTRYPOINT)
     summaries: list[TrainingSummary] = []
     missing: list[RetrainPlan] = []
+    failed: list[str] = []
     for plan in plans:
         if plan.missing:
             missing.append(plan)
@@ -51,7 +52,13 @@ def monthly_retrain(
             continue
         assert plan.newest is not None
         logger.info("retraining %s on %s", plan.taxi_type, plan.newest.name)
-        summaries.append(train_duration_model(new_file=str(plan.newest.path)))
+        # One taxi type's rejected or failed month must not stop the others; the subflow's
+        # own state (and alert) says what went wrong with it.
+        state = train_duration_model(new_file=str(plan.newest.path), return_state=True)
+        if state.is_completed():
+            summaries.append(state.result())
+        else:
+            failed.append(f"{plan.taxi_type}: {state.message}")
     if missing:
         error = MissingMonthError(
             ", ".join(p.taxi_type for p in missing),
@@ -62,7 +69,17 @@ def monthly_retrain(
         # A Failed state named "MissingMonth": the month-missing alert speaks for it,
         # the generic failure alert stays quiet.
         return Failed(name=events.MISSING_MONTH_STATE, message=str(error), data=error)  # type: ignore[return-value]
+    if failed:
+        raise RetrainFailedError(failed)
     return summaries
+
+
+class RetrainFailedError(TaxiopsError):
+    """Some taxi types could not be retrained; their own runs say why."""
+
+    def __init__(self, failures: list[str]) -> None:
+        self.failures = failures
+        super().__init__("retraining failed for " + "; ".join(failures))
 
 
 def _announce_missing(plan: RetrainPlan, folder: Any) -> None:

@@ -61,7 +61,10 @@ class Settings(BaseSettings):
         "UTC", description="Timezone of the monthly retraining schedule."
     )
     publication_lag_months: int = Field(
-        1, ge=0, description="A month is expected this many months after it ends (monthly retrain)."
+        2,
+        ge=0,
+        description="The monthly retrain expects the month this many months before the run's "
+        "(TLC publishes a month about two months after it ends).",
     )
     retrain_taxi_types: Annotated[list[TaxiType], NoDecode] = Field(
         ["green", "yellow"], description="Taxi types the monthly retrain checks, comma separated."

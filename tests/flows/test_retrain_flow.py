@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from flows.retrain import monthly_retrain
+from flows.retrain import RetrainFailedError, monthly_retrain
 from prefect.states import State
 
 from taxiops import events
@@ -36,8 +36,8 @@ def test_a_missing_month_fails_clearly_after_retraining_the_others(
     write_synth_month(settings.incoming_dir, "yellow", Month(2023, 1), rows=3_000, seed=5)
 
     state: State[Any] = monthly_retrain(
-        taxi_types=["green", "yellow"], today=date(2023, 3, 2), return_state=True
-    )
+        taxi_types=["green", "yellow"], today=date(2023, 4, 2), return_state=True
+    )  # default publication lag 2: April expects February
 
     assert state.name == events.MISSING_MONTH_STATE
     error = state.result(raise_on_failure=False)
@@ -45,3 +45,21 @@ def test_a_missing_month_fails_clearly_after_retraining_the_others(
     assert "missing month" in str(error) and "yellow" in str(error) and "2023-02" in str(error)
     assert (settings.home / "models" / "green" / "production.json").exists()
     assert not (settings.home / "models" / "yellow").exists()
+
+
+def test_a_rejected_month_of_one_type_does_not_stop_the_others(
+    settings: Settings, prefect_server: Any
+) -> None:
+    for i, month in enumerate(["2023-01", "2023-02"]):
+        write_synth_month(settings.incoming_dir, "green", Month.parse(month), rows=3_000, seed=i)
+    (settings.incoming_dir / "yellow_tripdata_2023-02.parquet").write_bytes(b"not parquet")
+
+    state: State[Any] = monthly_retrain(
+        taxi_types=["yellow", "green"], today=date(2023, 4, 2), return_state=True
+    )
+
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, RetrainFailedError) and "yellow" in str(error)
+    assert "unreadable-parquet" in str(error)
+    assert (settings.home / "models" / "green" / "production.json").exists()
