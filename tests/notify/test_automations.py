@@ -237,26 +237,29 @@ def test_a_crashed_flow_process_sends_one_message(alerting: Settings, inbox: Sla
         env={**os.environ},
     )
     assert process.stdout is not None
+    output: list[str] = []
     for line in process.stdout:
+        output.append(line)
         if "started" in line:
             break
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
+    run_id = next(line.rsplit("/", 1)[-1].strip() for line in output if "/runs/flow-run/" in line)
 
-    crashes = wait_for_messages(inbox, "Crashed")
-    assert len(crashes) == 1
+    crashes = wait_for_messages(inbox, run_id)
+    assert len(crashes) == 1 and "Crashed" in str(crashes[0].blocks)
 
 
 def test_slack_answering_500_then_200_delivers_once(
     months: dict[str, Path], inbox: SlackInbox
 ) -> None:
-    inbox.respond_next(500)
+    inbox.respond_next(500, endpoint="webhook")
 
     summary = train_duration_model(new_file=str(months["2023-02"]))
 
     delivered = wait_for_messages(inbox, summary.flow_run_id or "")
     assert len(delivered) == 1
-    assert inbox.request_count >= 2
+    assert inbox.requests_to("webhook") == 2  # the 500, then the retry that landed
 
 
 def test_a_missing_month_from_the_schedule_sends_one_message(
@@ -295,7 +298,7 @@ def test_no_secret_appears_in_logs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    inbox.respond_next(500)
+    inbox.respond_next(500, endpoint="webhook")
     summary = train_duration_model(new_file=str(months["2023-02"]))
     wait_for_messages(inbox, summary.flow_run_id or "")
 

@@ -138,6 +138,7 @@ class ScriptedResponse:
     status: int
     body: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
+    endpoint: Endpoint | None = None  # None: whichever request comes next
 
 
 class SlackInbox:
@@ -164,6 +165,7 @@ class SlackInbox:
         self._messages: list[InboxMessage] = []
         self._scripted: deque[ScriptedResponse] = deque()
         self._requests = 0
+        self._requests_by_endpoint: dict[Endpoint, int] = {}
         self._changed = threading.Condition()
         self._server: _InboxServer | None = None
         self._thread: threading.Thread | None = None
@@ -248,6 +250,11 @@ class SlackInbox:
         with self._changed:
             return self._requests
 
+    def requests_to(self, endpoint: Endpoint) -> int:
+        """POSTs received on one endpoint: accepted, rejected and scripted."""
+        with self._changed:
+            return self._requests_by_endpoint.get(endpoint, 0)
+
     def wait_for(self, count: int, timeout: float = 5.0) -> list[InboxMessage]:
         """Block until at least `count` messages were accepted; raise `TimeoutError` if not."""
         with self._changed:
@@ -263,6 +270,7 @@ class SlackInbox:
             self._messages.clear()
             self._scripted.clear()
             self._requests = 0
+            self._requests_by_endpoint.clear()
 
     def respond_next(
         self,
@@ -272,22 +280,31 @@ class SlackInbox:
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
         times: int = 1,
+        endpoint: Endpoint | None = None,
     ) -> None:
-        """Answer the next `times` requests with `status` instead of handling them."""
+        """Answer the next `times` requests (to `endpoint`, or any) with `status` instead of
+        handling them."""
         all_headers = dict(headers or {})
         if retry_after is not None:
             all_headers["Retry-After"] = f"{retry_after:g}"
         text = body or _default_body(status)
         with self._changed:
-            self._scripted.extend(ScriptedResponse(status, text, all_headers) for _ in range(times))
+            self._scripted.extend(
+                ScriptedResponse(status, text, all_headers, endpoint) for _ in range(times)
+            )
 
     # --- used by the handler ----------------------------------------------------------
 
-    def _next_scripted(self) -> ScriptedResponse | None:
+    def _next_scripted(self, endpoint: Endpoint) -> ScriptedResponse | None:
         with self._changed:
             self._requests += 1
+            self._requests_by_endpoint[endpoint] = self._requests_by_endpoint.get(endpoint, 0) + 1
             self._changed.notify_all()
-            return self._scripted.popleft() if self._scripted else None
+            for index, scripted in enumerate(self._scripted):
+                if scripted.endpoint in (None, endpoint):
+                    del self._scripted[index]
+                    return scripted
+            return None
 
     def _accept(self, message: InboxMessage) -> None:
         with self._changed:
@@ -511,11 +528,18 @@ class _InboxHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(min(length, _MAX_BODY_BYTES)) if length > 0 else b""
-        scripted = self.inbox._next_scripted()
+        path = self.path.split("?", 1)[0]
+        endpoint: Endpoint = (
+            "chat.postMessage"
+            if path.startswith("/api/")
+            else "apprise"
+            if path.startswith("/apprise")
+            else "webhook"
+        )
+        scripted = self.inbox._next_scripted(endpoint)
         if scripted is not None:
             self._answer(scripted.status, scripted.body, scripted.headers)
             return
-        path = self.path.split("?", 1)[0]
         if path.startswith("/api/"):
             self._chat_post_message(path, raw)
         elif path.startswith("/apprise"):
