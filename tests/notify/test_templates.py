@@ -20,7 +20,6 @@ from prefect.server.utilities.user_templates import (
 
 from taxiops import events
 from taxiops.notify import (
-    BODY_TEMPLATE_BY_EVENT,
     FAILURE_BODY_TEMPLATE,
     MISSING_MONTH_BODY_TEMPLATE,
     REJECTED_BODY_TEMPLATE,
@@ -35,6 +34,7 @@ from taxiops.notify import (
     block_kit_problems,
     render_slack,
 )
+from taxiops.settings import Settings
 
 FLOW_ID, RUN_ID, DEPLOYMENT_ID = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 HOSTILE = 'He said "stop" </script> & it\'s {{ not a template }}\n\tC:\\temp \u00e9\u2603'
@@ -272,8 +272,13 @@ async def test_subject_template() -> None:
     assert await render_user_template(SUBJECT_TEMPLATE, _context(None)) == "taxiops: notification"
 
 
-def test_every_event_has_a_body() -> None:
-    assert BODY_TEMPLATE_BY_EVENT[events.MODEL_TRAINED] is TRAINED_BODY_TEMPLATE
-    assert BODY_TEMPLATE_BY_EVENT[events.DATA_REJECTED] is REJECTED_BODY_TEMPLATE
-    assert BODY_TEMPLATE_BY_EVENT[events.MONTH_MISSING] is MISSING_MONTH_BODY_TEMPLATE
-    assert BODY_TEMPLATE_BY_EVENT["prefect.flow-run.TimedOut"] is FAILURE_BODY_TEMPLATE
+def test_every_notify_kind_in_the_automation_files_has_a_body(settings: Settings) -> None:
+    import yaml
+
+    from taxiops.alerting import AUTOMATIONS_DIR, body_templates
+
+    kinds = {
+        yaml.safe_load(path.read_text().replace("${", "{")).get("notify")
+        for path in AUTOMATIONS_DIR.glob("*.yaml")
+    } - {None}
+    assert kinds and kinds <= body_templates(settings).keys()

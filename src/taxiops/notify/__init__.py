@@ -38,7 +38,6 @@ from taxiops.notify.messages import (
     render_slack,
 )
 from taxiops.notify.templates import (
-    BODY_TEMPLATE_BY_EVENT,
     FAILURE_BODY_TEMPLATE,
     MISSING_MONTH_BODY_TEMPLATE,
     REJECTED_BODY_TEMPLATE,
@@ -71,7 +70,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "BODY_TEMPLATE_BY_EVENT",
     "FAILURE_BODY_TEMPLATE",
     "MISSING_MONTH_BODY_TEMPLATE",
     "REJECTED_BODY_TEMPLATE",

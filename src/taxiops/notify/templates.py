@@ -13,8 +13,6 @@ filter is Prefect's own: it serialises pydantic models and escapes `<>&'` as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from taxiops import events
 
 # Shared lines: where the notice came from. `event` is None for proactive triggers.
@@ -68,21 +66,6 @@ else 'failed' }}",
 
 SUBJECT_TEMPLATE = "taxiops: {{ flow_run.name or event.event or 'notification' }}"
 """Subject; used as the title only when a body is not a notice."""
-
-FLOW_RUN_FAILURE_EVENTS: tuple[str, ...] = (
-    "prefect.flow-run.Failed",
-    "prefect.flow-run.Crashed",
-    "prefect.flow-run.TimedOut",
-)
-"""The flow-run state events `FAILURE_BODY_TEMPLATE` is written for."""
-
-BODY_TEMPLATE_BY_EVENT: Mapping[str, str] = {
-    **dict.fromkeys(FLOW_RUN_FAILURE_EVENTS, FAILURE_BODY_TEMPLATE),
-    events.MODEL_TRAINED: TRAINED_BODY_TEMPLATE,
-    events.DATA_REJECTED: REJECTED_BODY_TEMPLATE,
-    events.MONTH_MISSING: MISSING_MONTH_BODY_TEMPLATE,
-}
-"""Which body an automation triggered by each event should send."""
 
 
 def stale_data_body_template(window_days: float) -> str:
