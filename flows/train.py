@@ -196,9 +196,6 @@ def _announce_rejection(exc: DataValidationError) -> None:
     """Tell automations a file broke a data rule."""
     emit_event(
         event=events.DATA_REJECTED,
-        resource={
-            "prefect.resource.id": f"taxiops.file.{Path(exc.path).name}",
-            "prefect.resource.name": Path(exc.path).name,
-        },
+        resource=events.file_resource(Path(exc.path).name),
         payload={"path": str(exc.path), "rule": exc.rule.value, "detail": exc.detail},
     )

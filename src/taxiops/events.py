@@ -27,6 +27,11 @@ def month_resource(taxi_type: str, month: str, name: str) -> dict[str, str]:
     }
 
 
+def file_resource(name: str) -> dict[str, str]:
+    """The primary resource of a rejected-file event, e.g. `taxiops.file.x.parquet`."""
+    return {"prefect.resource.id": f"taxiops.file.{name}", "prefect.resource.name": name}
+
+
 def taxi_type_resource_id(taxi_type: str) -> str:
     """Resource id of a taxi type's data stream, e.g. `taxiops.taxi.green`."""
     return f"taxiops.taxi.{taxi_type}"

@@ -35,6 +35,10 @@ from taxiops.settings import Settings
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# Decoration-time defaults are the settings' defaults; `configured` applies the live values.
+_DEFAULT_RETRIES: int = Settings.model_fields["task_retries"].default
+_DEFAULT_RETRY_DELAY: float = Settings.model_fields["task_retry_delay_seconds"].default
+
 _PERMANENT_OS_ERRORS = {
     errno.ENOENT,
     errno.EACCES,
@@ -139,8 +143,8 @@ def taxiops_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
             name=name,
             cache_policy=CONTENT,
             persist_result=True,
-            retries=3,
-            retry_delay_seconds=exponential_backoff(2.0)(3),
+            retries=_DEFAULT_RETRIES,
+            retry_delay_seconds=exponential_backoff(_DEFAULT_RETRY_DELAY)(_DEFAULT_RETRIES),
             retry_jitter_factor=0.5,
             retry_condition_fn=retry_on_transient_fault,
         )

@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 
     _Logger: TypeAlias = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
-"""Name of the block document `save_notifier` writes and the automations reference."""
-
 
 class NotifierError(NotificationError, TaxiopsError):
     """One or more channels did not take a notification; the others were still tried.
