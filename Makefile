@@ -16,8 +16,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests flows bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+bench: $(STAMP) .bench-deps
 	$(BIN)/python bench/train_vs_course.py
 	$(BIN)/python bench/cache_rerun.py
 	$(BIN)/python bench/peak_memory.py
@@ -25,6 +24,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/burst.py
 
 install: $(STAMP)
+
+# scikit-learn for the course's baseline only, outside the venv (see bench/train_vs_course.py).
+.bench-deps: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps --target .bench-deps scikit-learn scipy joblib threadpoolctl
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("taxiops needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -34,4 +37,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .taxiops .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .bench-deps .taxiops .pytest_cache .mypy_cache .ruff_cache
