@@ -102,6 +102,21 @@ def test_submitting_the_same_bytes_twice_creates_one_flow_run(
     assert submitter.read_outcome(first.flow_run_id).status is RunStatus.ACTIVE
 
 
+def test_discarding_an_interrupted_run_frees_its_key_for_a_new_run(
+    api_url: str, tmp_path: Path
+) -> None:
+    incoming = month_file(tmp_path, 1002, "green_tripdata_2023-02.parquet")
+    submitter = PrefectSubmitter(api_url)
+    first = submitter.submit(incoming)
+
+    submitter.discard(first.flow_run_id)
+    submitter.discard(first.flow_run_id)  # already gone: not an error
+    again = submitter.submit(incoming)
+
+    assert again.flow_run_id != first.flow_run_id
+    assert submitter.read_outcome(first.flow_run_id).status is RunStatus.MISSING
+
+
 def test_the_arrival_event_reaches_the_server(
     api_url: str, client: SyncPrefectClient, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from taxiops.watcher import (
     RunOutcome,
     RunStatus,
     describe_incoming,
+    outcome_from_state,
     status_rows,
 )
 from tests.watcher.watcher_helpers import (
@@ -335,3 +336,39 @@ def test_a_claim_left_by_a_crashed_watcher_is_released_at_start(
     make_service(recorder).start()
     wait_for(lambda: recorder.calls, what="the hand-off of the orphaned claim")
     assert recorder.shas() == [sha256(data)]
+
+
+def test_a_run_cancelled_by_our_shutdown_is_discarded_and_handed_off_again(
+    make_service: ServiceFactory, recorder: RecordingSubmitter, watch_settings: Settings
+) -> None:
+    write_file(watch_settings.incoming_dir / "green_tripdata_2022-05.parquet", parquet_bytes(31))
+    service = make_service(recorder)
+    service.start()
+    wait_for(lambda: len(service.ledger.submitted()) == 1, what="one submitted file")
+    service.stop()
+    recorder.outcomes["run-1"] = outcome_from_state(
+        "CANCELLED", "Cancelled", "Runner is shutting down."
+    )
+
+    restarted = make_service(recorder)
+    restarted.start()
+    wait_for(lambda: restarted.stats().submitted == 1, what="the interrupted file handed off again")
+
+    assert recorder.discarded == ["run-1"]
+    (entry,) = restarted.ledger.entries()
+    assert entry.state is FileState.SUBMITTED and entry.flow_run_id == "run-2"
+
+
+def test_a_run_cancelled_by_a_person_stays_failed(
+    make_service: ServiceFactory, recorder: RecordingSubmitter, watch_settings: Settings
+) -> None:
+    write_file(watch_settings.incoming_dir / "green_tripdata_2022-06.parquet", parquet_bytes(32))
+    service = make_service(recorder)
+    service.start()
+    wait_for(lambda: len(service.ledger.submitted()) == 1, what="one submitted file")
+    recorder.outcomes["run-1"] = outcome_from_state("CANCELLED", "Cancelled", "Cancelled in the UI")
+    wait_for(lambda: service.stats().finished == 1, what="the cancelled run recorded")
+    service.stop()
+
+    (entry,) = service.ledger.entries()
+    assert entry.state is FileState.FAILED and recorder.discarded == []

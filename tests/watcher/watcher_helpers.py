@@ -68,6 +68,7 @@ class RecordingSubmitter:
     calls: list[Call] = field(default_factory=list)
     attempts: list[float] = field(default_factory=list)
     outcomes: dict[str, RunOutcome] = field(default_factory=dict)
+    discarded: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def submit(self, incoming: IncomingFile) -> Submission:
@@ -82,6 +83,11 @@ class RecordingSubmitter:
     def read_outcome(self, flow_run_id: str) -> RunOutcome:
         with self._lock:
             return self.outcomes.get(flow_run_id, RunOutcome(RunStatus.ACTIVE))
+
+    def discard(self, flow_run_id: str) -> None:
+        with self._lock:
+            self.discarded.append(flow_run_id)
+            self.outcomes.pop(flow_run_id, None)
 
     def shas(self) -> list[str]:
         with self._lock:

@@ -36,7 +36,7 @@ from taxiops.watcher._incoming import (
     has_parquet_footer,
 )
 from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry
-from taxiops.watcher._submitter import RunStatus, Submitter
+from taxiops.watcher._submitter import RunOutcome, RunStatus, Submitter
 
 if TYPE_CHECKING:
     from taxiops.settings import Settings
@@ -455,6 +455,17 @@ class WatcherService:
             self._poll_failing = False
             if outcome.status is RunStatus.ACTIVE:
                 continue
+            if outcome.status is RunStatus.INTERRUPTED:
+                # Cancelled by our own shutdown: the month was never trained, so free the
+                # idempotency key and hand the file off again rather than drop it.
+                try:
+                    self._submitter.discard(entry.flow_run_id)
+                except Exception as exc:
+                    logger.warning(
+                        "cannot discard interrupted run %s yet: %s", entry.flow_run_id, exc
+                    )
+                    return
+                outcome = RunOutcome(RunStatus.MISSING, "interrupted by shutdown; handed off again")
             if outcome.status is RunStatus.MISSING:
                 if self.ledger.requeue(entry.sha256, outcome.detail or "flow run missing"):
                     self._count("requeued")

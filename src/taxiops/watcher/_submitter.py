@@ -69,6 +69,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"  # failed on a data rule: fixing the file, not retrying, helps
     MISSING = "missing"  # the server has no such run: hand the file off again
+    INTERRUPTED = "interrupted"  # cancelled because the service shut down: train it again
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,14 @@ class Submitter(Protocol):
         """The current outcome of a flow run this submitter created."""
         ...
 
+    def discard(self, flow_run_id: str) -> None:
+        """Delete an interrupted flow run, so the same bytes can be handed off anew."""
+        ...
+
+
+# The message Prefect's runner gives the runs it cancels when it stops (Ctrl-C on `taxiops up`).
+RUNNER_SHUTDOWN_MESSAGE = "Runner is shutting down"
+
 
 def outcome_from_state(state_type: str, state_name: str, message: str | None) -> RunOutcome:
     """Map a Prefect state (`COMPLETED`, `FAILED`, ...) to a `RunOutcome`.
@@ -113,6 +122,8 @@ def outcome_from_state(state_type: str, state_name: str, message: str | None) ->
             return RunOutcome(RunStatus.SUCCEEDED, detail)
         case "FAILED" if rejected:
             return RunOutcome(RunStatus.REJECTED, detail)
+        case "CANCELLED" if RUNNER_SHUTDOWN_MESSAGE in (message or ""):
+            return RunOutcome(RunStatus.INTERRUPTED, detail)
         case "FAILED" | "CRASHED" | "CANCELLED":
             return RunOutcome(RunStatus.FAILED, detail)
         case _:
@@ -253,6 +264,18 @@ class PrefectSubmitter:
                 f"HTTP {exc.response.status_code}: {exc.response.text[:500]}",
             ) from exc
         return Submission(flow_run_id=str(run.id), flow_run_name=run.name)
+
+    def discard(self, flow_run_id: str) -> None:
+        """Delete the flow run: its idempotency key (the bytes' SHA-256) is free again."""
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            with self._client() as client:
+                client.delete_flow_run(uuid.UUID(flow_run_id))
+        except ObjectNotFound:
+            return
+        except httpx.TransportError as exc:
+            raise PrefectUnreachableError(self._api_url, f"{type(exc).__name__}: {exc}") from exc
 
     def read_outcome(self, flow_run_id: str) -> RunOutcome:
         """Read a flow run's state; `MISSING` when the server does not know the run."""
