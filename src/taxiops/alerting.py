@@ -86,10 +86,17 @@ def load_automations(
             raise AutomationSpecError(path, "needs `notify: <kind>` or `actions:`")
         spec["actions"] = actions
         try:
-            found.append(AutomationCore.model_validate(spec))
+            automation = AutomationCore.model_validate(spec)
         except ValueError as exc:
             raise AutomationSpecError(path, str(exc)) from exc
+        if not automation.name.startswith(MANAGED_PREFIX):
+            raise AutomationSpecError(path, f"name must start with {MANAGED_PREFIX!r}")
+        found.append(automation)
     return found
+
+
+MANAGED_PREFIX = "taxiops / "
+"""Automations whose name starts with this are taxiops's: applying removes those no file declares."""
 
 
 @dataclass
@@ -99,12 +106,19 @@ class ApplyReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
     duplicates_deleted: int = 0
 
 
 async def apply_automations(client: PrefectClient, wanted: list[AutomationCore]) -> ApplyReport:
-    """Make the server hold exactly one automation per wanted name, equal to the file."""
+    """Make the server hold exactly one automation per wanted name, equal to the file, and
+    no taxiops automation that no file declares any more (a renamed or deleted file)."""
     report = ApplyReport()
+    names = {automation.name for automation in wanted}
+    for stale in await client.read_automations():
+        if stale.name.startswith(MANAGED_PREFIX) and stale.name not in names:
+            await client.delete_automation(stale.id)
+            report.removed.append(stale.name)
     for automation in wanted:
         existing = await client.read_automations_by_name(automation.name)
         for extra in existing[1:]:

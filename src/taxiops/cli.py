@@ -94,6 +94,23 @@ def synth(
         print(path)
 
 
+def _show_taxiops_logs() -> None:
+    """INFO lines of taxiops's own loggers (a file seen, handed off, finished) on stderr."""
+    import logging
+
+    logger = logging.getLogger("taxiops")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"
+            )
+        )
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def _announce(ready: ServiceReady) -> None:
     api = ready.api
     where = "local server (SQLite under TAXIOPS_HOME)" if api.local else "existing server"
@@ -105,7 +122,7 @@ def _announce(ready: ServiceReady) -> None:
     report = ready.automations
     print(
         f"  automations: {len(report.created)} created, {len(report.updated)} updated, "
-        f"{len(report.unchanged)} unchanged",
+        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed",
         flush=True,
     )
     print("Press Ctrl-C to stop.", flush=True)
@@ -117,6 +134,7 @@ def up() -> None:
     from taxiops.service import run_service
     from taxiops.settings import load_settings
 
+    _show_taxiops_logs()
     run_service(load_settings(), on_ready=_announce)
     print("taxiops stopped.", flush=True)
 
@@ -132,6 +150,7 @@ def demo(
     from taxiops.settings import load_settings
     from taxiops.tripfile import Month, TaxiType, file_name_for
 
+    _show_taxiops_logs()
     settings = load_settings()
     settings.incoming_dir.mkdir(parents=True, exist_ok=True)
     samples: list[tuple[TaxiType, str]] = [
@@ -180,6 +199,7 @@ def watch() -> None:
     from taxiops.settings import load_settings
     from taxiops.watcher import PrefectSubmitter, WatcherService
 
+    _show_taxiops_logs()
     settings = load_settings()
     settings.incoming_dir.mkdir(parents=True, exist_ok=True)
     WatcherService(settings, PrefectSubmitter.from_settings(settings)).run_forever()
@@ -254,6 +274,7 @@ def automations_apply() -> None:
         ("created", report.created),
         ("updated", report.updated),
         ("unchanged", report.unchanged),
+        ("removed", report.removed),
     ):
         for name in names:
             print(f"{label:<10} {name}")

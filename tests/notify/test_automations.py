@@ -132,12 +132,17 @@ def test_applying_twice_leaves_one_copy_and_a_changed_file_updates(
     report = asyncio.run(apply_edited())
     assert report.updated == ["taxiops / model trained"] and report.created == []
 
+    (edited / "data-stale.yaml").unlink()  # a file removed: its automation goes too
+    pruned = asyncio.run(apply_edited())
+    assert pruned.removed == ["taxiops / no new data"]
+
     async def names() -> list[str]:
         async with get_client() as client:
             return [a.name for a in await client.read_automations()]
 
     all_names = asyncio.run(names())
-    for name in report.updated + report.unchanged:
+    assert "taxiops / no new data" not in all_names
+    for name in pruned.unchanged:
         assert all_names.count(name) == 1
     asyncio.run(_apply(alerting, prefect_server.ui_url))  # restore the real files
 
