@@ -355,3 +355,26 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed_server_side_and_alerts(
         state = client.read_flow_run(flow_run.id).state
     assert state is not None and state.name == "Crashed" and "heartbeat" in (state.message or "")
     assert "Crashed" in str(alert.blocks)
+
+
+def test_the_cli_applies_the_automations_idempotently(
+    alerting: Settings, prefect_server: LocalPrefectServer, tmp_path: Path
+) -> None:
+    def apply() -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "taxiops", "automations", "apply"],
+            cwd=tmp_path,
+            env={**os.environ},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    apply()
+    second = apply()
+
+    lines = second.strip().splitlines()
+    assert len(lines) == len(list(AUTOMATIONS_DIR.glob("*.yaml")))
+    assert all(line.startswith("unchanged") for line in lines), second
