@@ -4,10 +4,11 @@ or fail loudly when the month expected by now has not arrived."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.events import emit_event
 from prefect.states import Failed
 
@@ -54,7 +55,10 @@ def monthly_retrain(
         logger.info("retraining %s on %s", plan.taxi_type, plan.newest.name)
         # One taxi type's rejected or failed month must not stop the others; the subflow's
         # own state (and alert) says what went wrong with it.
-        state = train_duration_model(new_file=str(plan.newest.path), return_state=True)
+        state = cast(
+            "State[TrainingSummary]",
+            train_duration_model(new_file=str(plan.newest.path), return_state=True),
+        )
         if state.is_completed():
             summaries.append(state.result())
         else:

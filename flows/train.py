@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.schemas.objects import State
 from prefect.events import emit_event
 from prefect.runtime import flow_run
-from prefect.states import Failed, State
+from prefect.states import Failed
 
 from taxiops import events, ml, tasks
 from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
-from taxiops.events import REJECTED_STATE
 from taxiops.lineage import FingerprintedFile, MonthData
 from taxiops.registry import ModelRegistry
 from taxiops.report import MonthRows, TrainingSummary, registry_table, render_markdown
@@ -35,7 +35,7 @@ class _Steps:
 
     def run(self, task_: Any, *args: Any) -> Any:
         state = tasks.configured(task_, self.settings)(*args, return_state=True)
-        return self._result(task_.name, state)
+        return self._result(task_.name, cast("State[Any]", state))
 
     def run_all(self, task_: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
         futures = [tasks.configured(task_, self.settings).submit(*args) for args in calls]
@@ -98,7 +98,7 @@ def train_duration_model(
         # event say what happened, and the generic failure alert stays quiet.
         _announce_rejection(exc)
         logger.error("rejected %s", exc)
-        return Failed(name=REJECTED_STATE, message=str(exc), data=exc)  # type: ignore[return-value]
+        return Failed(name=events.REJECTED_STATE, message=str(exc), data=exc)  # type: ignore[return-value]
     logger.info(
         "%s %s: challenger %s RMSE %.3f (champion %s) -> %s",
         summary.taxi_type,
