@@ -135,10 +135,21 @@ async def apply_automations(client: PrefectClient, wanted: list[AutomationCore])
     return report
 
 
-def _comparable(automation: AutomationCore) -> dict[str, Any]:
-    return AutomationCore.model_validate(automation.model_dump()).model_dump(
+def _comparable(automation: AutomationCore) -> Any:
+    dumped = AutomationCore.model_validate(automation.model_dump()).model_dump(
         mode="json", exclude={"owner_resource"}
     )
+    return _order_free(dumped)
+
+
+def _order_free(value: Any) -> Any:
+    """Sets (`expect`, `after`, `for_each`) come back from the server in another order."""
+    if isinstance(value, dict):
+        return {key: _order_free(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [_order_free(item) for item in value]
+        return sorted(items) if all(isinstance(item, str) for item in items) else items
+    return value
 
 
 async def set_up_alerting(
