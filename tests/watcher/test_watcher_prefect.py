@@ -105,7 +105,7 @@ def test_submitting_the_same_bytes_twice_creates_one_flow_run(
 def test_discarding_an_interrupted_run_frees_its_key_for_a_new_run(
     api_url: str, tmp_path: Path
 ) -> None:
-    incoming = month_file(tmp_path, 1002, "green_tripdata_2023-02.parquet")
+    incoming = month_file(tmp_path, 1099, "green_tripdata_2023-02.parquet")
     submitter = PrefectSubmitter(api_url)
     first = submitter.submit(incoming)
 
