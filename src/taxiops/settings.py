@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         description="A running flow run with no heartbeat for this long is marked Crashed (server side).",
     )
     runner_poll_seconds: float = Field(
-        0.5, gt=0, description="How often `taxiops up` looks for new runs."
+        0.1, gt=0, description="How often `taxiops up` looks for new runs."
     )
 
     # --- the watcher ---------------------------------------------------------
@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A watcher's claim on a file expires after this (crashed watcher)."
     )
     watch_settle_seconds: float = Field(
-        0.25,
+        0.1,
         ge=0,
         description="Without a close or move event, a file's size must hold this long before hand-off.",
     )
