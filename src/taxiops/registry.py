@@ -198,10 +198,11 @@ class ModelRegistry:
         """Store a model as a new version; the same `model_key` twice returns the first version."""
         folder = self.root / card.taxi_type
         with self._locked(card.taxi_type):
-            for existing in self.versions(card.taxi_type):
+            versions = self.versions(card.taxi_type)
+            for existing in versions:
                 if existing.card.model_key == card.model_key:
                     return existing
-            number = max((v.number for v in self.versions(card.taxi_type)), default=0) + 1
+            number = max((v.number for v in versions), default=0) + 1
             staging = folder / f".staging-{uuid.uuid4().hex}"
             try:
                 staging.mkdir(parents=True)
