@@ -24,20 +24,41 @@ class ValidationRule(StrEnum):
     """The rules a month file can break, as shown in alerts and reason files."""
 
     FILE_NAME = "file-name"
+    NOT_A_FILE = "not-a-file"
+    SYMLINK_OUTSIDE = "symlink-outside"
+    TOO_LARGE = "too-large"
     UNREADABLE_PARQUET = "unreadable-parquet"
     MISSING_COLUMN = "missing-column"
     WRONG_TYPE = "wrong-type"
+    OUTSIDE_MONTH = "outside-month"
     NO_ROWS_LEFT = "no-rows-left"
     FILE_CHANGED = "file-changed"
+    FILE_VANISHED = "file-vanished"
+
+    @property
+    def hint(self) -> str:
+        """What to do about a file broken this way."""
+        return _HINTS[self]
+
+    @property
+    def keeps_file(self) -> bool:
+        """Whether a file broken this way is moved to quarantine (the others are gone, or
+        replaced by new bytes that get a run of their own)."""
+        return self not in (ValidationRule.FILE_CHANGED, ValidationRule.FILE_VANISHED)
 
 
 _HINTS: dict[ValidationRule, str] = {
     ValidationRule.FILE_NAME: "name it <green|yellow>_tripdata_YYYY-MM.parquet",
+    ValidationRule.NOT_A_FILE: "drop regular month files only, not folders or devices",
+    ValidationRule.SYMLINK_OUTSIDE: "copy the file into the incoming folder instead of linking it",
+    ValidationRule.TOO_LARGE: "raise TAXIOPS_MAX_FILE_BYTES if the month is genuine",
     ValidationRule.UNREADABLE_PARQUET: "re-export the month as parquet from the TLC source",
     ValidationRule.MISSING_COLUMN: "check the file is a TLC trip record of the named taxi type",
     ValidationRule.WRONG_TYPE: "check the file is a TLC trip record of the named taxi type",
+    ValidationRule.OUTSIDE_MONTH: "check the file holds the month its name says",
     ValidationRule.NO_ROWS_LEFT: "check the pickup/dropoff datetimes of the month",
     ValidationRule.FILE_CHANGED: "nothing to do: the new bytes are trained in a run of their own",
+    ValidationRule.FILE_VANISHED: "drop the month again if it was removed by mistake",
 }
 
 
@@ -48,7 +69,12 @@ class DataValidationError(TaxiopsError):
         self.path = Path(path)
         self.rule = rule
         self.detail = detail
-        super().__init__(f"{self.path.name}: {rule.value}: {detail} ({_HINTS[rule]})")
+        super().__init__(f"{self.path.name}: {rule.value}: {detail} ({self.hint})")
+
+    @property
+    def hint(self) -> str:
+        """What to do about it."""
+        return self.rule.hint
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keep attributes across pickling (Prefect persists failed states).

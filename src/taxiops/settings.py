@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(
         2 * 1024**3, gt=0, description="Month files larger than this are rejected."
     )
+    max_outside_month_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Reject a file when more than this share of pickups fall outside its month.",
+    )
 
     # --- retries -----------------------------------------------------------
     task_retries: int = Field(3, ge=0, description="Retries of a task after a transient fault.")
@@ -82,6 +88,12 @@ class Settings(BaseSettings):
     runner_poll_seconds: float = Field(
         0.1, gt=0, description="How often `taxiops up` looks for new runs."
     )
+    retry_crashed_runs: int = Field(
+        1,
+        ge=0,
+        description="Times a file whose training run crashed is handed off again on its own; "
+        "`taxiops retry FILE` does it by hand.",
+    )
 
     # --- the watcher ---------------------------------------------------------
     watch_polling: bool = Field(
@@ -106,6 +118,11 @@ class Settings(BaseSettings):
         0.1,
         ge=0,
         description="Without a close or move event, a file's size must hold this long before hand-off.",
+    )
+    watch_incomplete_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A month file left empty or without a parquet footer this long is quarantined.",
     )
 
     # --- notifications -------------------------------------------------------

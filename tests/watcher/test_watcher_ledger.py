@@ -163,3 +163,71 @@ def test_the_next_due_time_waits_for_another_owners_claim(tmp_path: Path) -> Non
     # Not "due now" while someone else holds it: a second watcher must not spin.
     assert (ledger.next_attempt_at() or 0) >= before + 599
     assert ledger.claims() == {file.sha256: "other"}
+
+
+# The v1 schema as taxiops 0.1 wrote it, to prove an old ledger opens and keeps its rows.
+_V1_SCHEMA = """
+CREATE TABLE files (
+    sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, taxi_type TEXT NOT NULL, month TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('seen', 'submitted', 'succeeded', 'failed', 'rejected')),
+    flow_run_id TEXT, detail TEXT, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL,
+    claimed_by TEXT, claim_expires_at REAL, seen_at REAL NOT NULL, submitted_at REAL,
+    finished_at REAL, updated_at REAL NOT NULL
+);
+CREATE INDEX files_by_state ON files (state);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_v1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_V1_SCHEMA)
+        conn.execute(
+            "INSERT INTO files (sha256, path, taxi_type, month, size, state, flow_run_id, "
+            "seen_at, updated_at) VALUES ('abc', '/in/green_tripdata_2023-01.parquet', "
+            "'green', '2023-01', 10, 'failed', 'run-1', 1.0, 2.0)"
+        )
+    conn.close()
+
+    ledger = Ledger(path)
+    (entry,) = ledger.entries()
+    assert (entry.state, entry.flow_run_id, entry.runs, entry.run_key) == (
+        FileState.FAILED,
+        "run-1",
+        1,
+        "abc",
+    )
+    retried = ledger.retry("abc")
+    assert retried is not None
+    assert (retried.state, retried.runs, retried.run_key) == (FileState.SEEN, 2, "abc:run2")
+    assert Ledger(path).get("abc") == retried  # opening again migrates nothing twice
+
+
+def test_crashed_runs_retry_with_a_new_run_key_and_rejections_wait_for_their_alert(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    file = incoming(7, tmp_path)
+    ledger.record_seen(file)
+    ledger.mark_submitted(file.sha256, "run-1")
+    assert ledger.finish_and_retry(file.sha256, FileState.CRASHED, "Crashed: killed")
+    entry = ledger.get(file.sha256)
+    assert entry is not None and (entry.state, entry.runs) == (FileState.SEEN, 2)
+    assert ledger.retry(file.sha256) is None  # seen is not retryable: it is on its way
+
+    rejection = ledger.record_rejection(
+        path=tmp_path / "x.parquet",
+        quarantined_path=tmp_path / "q" / "x.parquet",
+        rule="file-name",
+        detail="bad name",
+        message="x.parquet: file-name: bad name",
+    )
+    assert [r.id for r in ledger.unsent_rejections()] == [rejection.id]
+    ledger.record_alert_failure(rejection.id, error="refused", retry_at=time.time() + 60)
+    assert ledger.unsent_rejections() == []
+    assert ledger.next_attempt_at() is not None
+    assert ledger.mark_alert_sent(rejection.id)
+    assert not ledger.mark_alert_sent(rejection.id)
+    assert ledger.rejections()[0].alert_sent_at is not None

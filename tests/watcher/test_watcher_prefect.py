@@ -178,7 +178,7 @@ def test_flow_run_states_are_read_back_as_outcomes(
             RunStatus.REJECTED,
         ),
         (Failed(message="Flow run encountered an exception: MemoryError"), RunStatus.FAILED),
-        (Crashed(message="the process was killed"), RunStatus.FAILED),
+        (Crashed(message="the process was killed"), RunStatus.CRASHED),
     ]
     for seed, (state, expected) in enumerate(cases):
         incoming = month_file(tmp_path, 1010 + seed, f"green_tripdata_2019-{seed + 1:02d}.parquet")

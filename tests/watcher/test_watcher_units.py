@@ -80,7 +80,7 @@ def test_backoff_doubles_up_to_its_ceiling() -> None:
             RunStatus.REJECTED,
         ),
         ("FAILED", "Failed", "Flow run encountered an exception: OSError: boom", RunStatus.FAILED),
-        ("CRASHED", "Crashed", "Execution was interrupted", RunStatus.FAILED),
+        ("CRASHED", "Crashed", "Execution was interrupted", RunStatus.CRASHED),
         ("CANCELLED", "Cancelled", None, RunStatus.FAILED),
         ("SCHEDULED", "Scheduled", None, RunStatus.ACTIVE),
         ("RUNNING", "Running", None, RunStatus.ACTIVE),

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from taxiops.watcher import (
     Backoff,
     IncomingFile,
+    Rejection,
     RunOutcome,
     RunStatus,
     Submission,
@@ -69,9 +70,10 @@ class RecordingSubmitter:
     attempts: list[float] = field(default_factory=list)
     outcomes: dict[str, RunOutcome] = field(default_factory=dict)
     discarded: list[str] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def submit(self, incoming: IncomingFile) -> Submission:
+    def submit(self, incoming: IncomingFile, *, runs: int = 1) -> Submission:
         with self._lock:
             self.attempts.append(time.monotonic())
             if len(self.attempts) <= self.fail_first:
@@ -83,6 +85,10 @@ class RecordingSubmitter:
     def read_outcome(self, flow_run_id: str) -> RunOutcome:
         with self._lock:
             return self.outcomes.get(flow_run_id, RunOutcome(RunStatus.ACTIVE))
+
+    def announce_rejection(self, rejection: Rejection) -> None:
+        with self._lock:
+            self.rejections.append(rejection)
 
     def discard(self, flow_run_id: str) -> None:
         with self._lock:

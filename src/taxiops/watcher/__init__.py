@@ -2,7 +2,7 @@
 
 watchdog event ─> IncomingFileHandler ─> Debouncer ─> completeness check
     ─> Ledger (seen) ─> Submitter (flow run + taxiops.data.arrived) ─> Ledger (submitted)
-    ─> flow-run state read back ─> Ledger (succeeded | failed | rejected)
+    ─> flow-run state read back ─> Ledger (succeeded | failed | crashed | rejected)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from taxiops.watcher._incoming import (
     describe_incoming,
     has_parquet_footer,
 )
-from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry
+from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry, Rejection, run_key
 from taxiops.watcher._service import WatcherService, WatcherStats, status_rows
 from taxiops.watcher._submitter import (
     HandOffError,
@@ -43,6 +43,7 @@ __all__ = [
     "LedgerEntry",
     "PrefectSubmitter",
     "PrefectUnreachableError",
+    "Rejection",
     "RunOutcome",
     "RunStatus",
     "Submission",
@@ -53,5 +54,6 @@ __all__ = [
     "describe_incoming",
     "has_parquet_footer",
     "outcome_from_state",
+    "run_key",
     "status_rows",
 ]

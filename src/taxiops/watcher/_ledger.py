@@ -1,23 +1,30 @@
-"""The durable ledger: every month file the watcher accepted, by content SHA-256.
+"""The durable ledger: every month file the watcher accepted, by content SHA-256, and every
+entry it refused.
 
 One SQLite file in WAL mode, shared safely by several watcher processes on the
 same folder. A file moves through
 
-    seen ──claim──> (claimed) ──> submitted ──> succeeded | failed | rejected
-      ^                 │             │
-      └── hand-off failed (retry_at)  └── flow run missing on the server (requeue)
+    seen ──claim──> (claimed) ──> submitted ──> succeeded | failed | crashed | rejected
+      ^                 │             │                       │         │
+      └── hand-off failed (retry_at)  └── run missing (requeue)  └─────────┴── retry (run n+1)
 
 The same bytes under any name are one row, so they train once; new bytes under an
 old name are a new row, so they train again. A claim is an atomic conditional
 UPDATE in a `BEGIN IMMEDIATE` transaction: of several processes racing for a row,
 exactly one wins. A claim expires after a lease so a crashed process cannot hold a
-file forever; Prefect's idempotency key (the same SHA-256) makes the rare takeover safe.
+file forever; Prefect's idempotency key (`run_key`: the SHA-256 and the run number)
+makes the rare takeover safe. A retry raises the run number, so it gets a new key.
+
+Entries the watcher refused before any run (bad name, folder, outside link, empty or
+torn file, too large) are `rejections`; each keeps its alert pending until the Prefect
+API acknowledged the rejection event, whose id is the rejection's id.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -27,16 +34,17 @@ from pathlib import Path
 
 from taxiops.watcher._incoming import IncomingFile
 
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
+_SCHEMA_VERSION = 2
+_FILES_TABLE = """
+CREATE TABLE files (
     sha256           TEXT PRIMARY KEY,
     path             TEXT NOT NULL,
     taxi_type        TEXT NOT NULL,
     month            TEXT NOT NULL,
     size             INTEGER NOT NULL,
     state            TEXT NOT NULL
-                     CHECK (state IN ('seen', 'submitted', 'succeeded', 'failed', 'rejected')),
+                     CHECK (state IN ('seen', 'submitted', 'succeeded', 'failed', 'crashed',
+                                      'rejected')),
     flow_run_id      TEXT,
     detail           TEXT,
     attempts         INTEGER NOT NULL DEFAULT 0,
@@ -46,13 +54,40 @@ CREATE TABLE IF NOT EXISTS files (
     seen_at          REAL NOT NULL,
     submitted_at     REAL,
     finished_at      REAL,
-    updated_at       REAL NOT NULL
+    updated_at       REAL NOT NULL,
+    runs             INTEGER NOT NULL DEFAULT 1
 );
-CREATE INDEX IF NOT EXISTS files_by_state ON files (state);
+CREATE INDEX files_by_state ON files (state);
 """
+_REJECTIONS_TABLE = """
+CREATE TABLE rejections (
+    id               TEXT PRIMARY KEY,
+    path             TEXT NOT NULL,
+    quarantined_path TEXT,
+    rule             TEXT NOT NULL,
+    detail           TEXT NOT NULL,
+    message          TEXT NOT NULL,
+    sha256           TEXT,
+    rejected_at      REAL NOT NULL,
+    alert_sent_at    REAL,
+    alert_attempts   INTEGER NOT NULL DEFAULT 0,
+    alert_next_at    REAL,
+    alert_error      TEXT
+);
+CREATE INDEX rejections_unsent ON rejections (alert_sent_at);
+"""
+_V1_COLUMNS = (
+    "sha256, path, taxi_type, month, size, state, flow_run_id, detail, attempts, "
+    "next_attempt_at, claimed_by, claim_expires_at, seen_at, submitted_at, finished_at, "
+    "updated_at"
+)
 _COLUMNS = (
     "sha256, path, taxi_type, month, size, state, flow_run_id, detail, attempts, "
-    "next_attempt_at, claimed_by, seen_at, submitted_at, finished_at, updated_at"
+    "next_attempt_at, claimed_by, seen_at, submitted_at, finished_at, updated_at, runs"
+)
+_REJECTION_COLUMNS = (
+    "id, path, quarantined_path, rule, detail, message, sha256, rejected_at, alert_sent_at, "
+    "alert_attempts, alert_error"
 )
 
 
@@ -63,12 +98,23 @@ class FileState(StrEnum):
     SUBMITTED = "submitted"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CRASHED = "crashed"
     REJECTED = "rejected"
 
     @property
     def is_finished(self) -> bool:
         """Whether the training flow run reached an end."""
-        return self in (FileState.SUCCEEDED, FileState.FAILED, FileState.REJECTED)
+        return self in (
+            FileState.SUCCEEDED,
+            FileState.FAILED,
+            FileState.CRASHED,
+            FileState.REJECTED,
+        )
+
+    @property
+    def can_retry(self) -> bool:
+        """Whether `taxiops retry` may hand the same bytes off again (bad data cannot pass)."""
+        return self in (FileState.FAILED, FileState.CRASHED)
 
 
 @dataclass(frozen=True)
@@ -90,6 +136,53 @@ class LedgerEntry:
     submitted_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    runs: int = 1  # the number of the current (or last) flow run of these bytes
+
+    @property
+    def run_key(self) -> str:
+        """The idempotency key of this entry's current flow run."""
+        return run_key(self.sha256, self.runs)
+
+
+def run_key(sha256: str, runs: int) -> str:
+    """Prefect idempotency key of run number `runs` of these bytes: the SHA-256 for the first
+    run (so a re-sent hand-off finds it), with `:run<n>` for retries."""
+    return sha256 if runs <= 1 else f"{sha256}:run{runs}"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An entry the watcher refused before any flow run, and whether its alert went out."""
+
+    id: str  # also the id of its `taxiops.data.rejected` event
+    path: Path
+    quarantined_path: Path | None
+    rule: str
+    detail: str
+    message: str
+    sha256: str | None
+    rejected_at: datetime
+    alert_sent_at: datetime | None
+    alert_attempts: int
+    alert_error: str | None
+
+
+def _rejection(row: sqlite3.Row) -> Rejection:
+    rejected_at = _when(row["rejected_at"])
+    assert rejected_at is not None
+    return Rejection(
+        id=row["id"],
+        path=Path(row["path"]),
+        quarantined_path=None if row["quarantined_path"] is None else Path(row["quarantined_path"]),
+        rule=row["rule"],
+        detail=row["detail"],
+        message=row["message"],
+        sha256=row["sha256"],
+        rejected_at=rejected_at,
+        alert_sent_at=_when(row["alert_sent_at"]),
+        alert_attempts=row["alert_attempts"],
+        alert_error=row["alert_error"],
+    )
 
 
 def _when(value: float | None) -> datetime | None:
@@ -116,6 +209,7 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         submitted_at=_when(row["submitted_at"]),
         finished_at=_when(row["finished_at"]),
         updated_at=updated_at,
+        runs=row["runs"],
     )
 
 
@@ -133,8 +227,7 @@ class Ledger:
         with closing(self._connect()) as conn:
             # WAL lets readers (`taxiops status`) run while a watcher writes.
             conn.execute("PRAGMA journal_mode=WAL")
-            # IF NOT EXISTS: several processes may open a fresh ledger at once.
-            conn.executescript(f"{_SCHEMA}\nPRAGMA user_version = {_SCHEMA_VERSION};")
+            _create_or_migrate(conn)
 
     @property
     def path(self) -> Path:
@@ -304,6 +397,120 @@ class Ledger:
                 ).rowcount
             )
 
+    def finish_and_retry(self, sha256: str, state: FileState, detail: str | None = None) -> bool:
+        """Record a run's end and, in the same transaction, hand the bytes off again as run
+        n+1 (an automatic retry of a crashed run). True when this call did it."""
+        now = time.time()
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE files SET state = 'seen', runs = runs + 1, flow_run_id = NULL, "
+                    "detail = ?, attempts = 0, next_attempt_at = NULL, submitted_at = NULL, "
+                    "finished_at = ?, updated_at = ? WHERE sha256 = ? AND state = 'submitted'",
+                    (f"{state.value}, retrying: {detail or ''}".rstrip(": "), now, now, sha256),
+                ).rowcount
+            )
+
+    def retry(self, sha256: str, reason: str = "retry requested") -> LedgerEntry | None:
+        """Hand a failed or crashed file off again as a new flow run (`taxiops retry`).
+
+        Returns the updated entry, or None when the file is not in a retryable state.
+        """
+        now = time.time()
+        with self._write() as conn:
+            changed = conn.execute(
+                "UPDATE files SET state = 'seen', runs = runs + 1, flow_run_id = NULL, "
+                "detail = ?, attempts = 0, next_attempt_at = NULL, claimed_by = NULL, "
+                "claim_expires_at = NULL, submitted_at = NULL, finished_at = NULL, "
+                "updated_at = ? WHERE sha256 = ? AND state IN ('failed', 'crashed')",
+                (reason, now, sha256),
+            ).rowcount
+            if not changed:
+                return None
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+        return _entry(row)
+
+    # --- rejections ----------------------------------------------------------------------
+    def record_rejection(
+        self,
+        *,
+        path: Path,
+        quarantined_path: Path | None,
+        rule: str,
+        detail: str,
+        message: str,
+        sha256: str | None = None,
+    ) -> Rejection:
+        """Record an entry refused before any run; its alert is pending until marked sent."""
+        rejection_id = str(uuid.uuid4())
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO rejections (id, path, quarantined_path, rule, detail, message, "
+                "sha256, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rejection_id,
+                    str(path),
+                    None if quarantined_path is None else str(quarantined_path),
+                    rule,
+                    detail,
+                    message,
+                    sha256,
+                    time.time(),
+                ),
+            )
+            row = conn.execute(
+                f"SELECT {_REJECTION_COLUMNS} FROM rejections WHERE id = ?", (rejection_id,)
+            ).fetchone()
+        return _rejection(row)
+
+    def unsent_rejections(self, now: float | None = None) -> list[Rejection]:
+        """Rejections whose alert is not acknowledged yet and is due for another try."""
+        now = time.time() if now is None else now
+        return self._select_rejections(
+            "WHERE alert_sent_at IS NULL AND (alert_next_at IS NULL OR alert_next_at <= ?)",
+            (now,),
+        )
+
+    def mark_alert_sent(self, rejection_id: str) -> bool:
+        """The Prefect API acknowledged the rejection event. True when this call recorded it."""
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE rejections SET alert_sent_at = ?, alert_error = NULL "
+                    "WHERE id = ? AND alert_sent_at IS NULL",
+                    (time.time(), rejection_id),
+                ).rowcount
+            )
+
+    def record_alert_failure(self, rejection_id: str, *, error: str, retry_at: float) -> int:
+        """The rejection event was not acknowledged; try again at `retry_at`. Returns attempts."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE rejections SET alert_attempts = alert_attempts + 1, alert_error = ?, "
+                "alert_next_at = ? WHERE id = ? AND alert_sent_at IS NULL",
+                (error, retry_at, rejection_id),
+            )
+            row = conn.execute(
+                "SELECT alert_attempts FROM rejections WHERE id = ?", (rejection_id,)
+            ).fetchone()
+        return int(row["alert_attempts"]) if row is not None else 0
+
+    def rejections(self) -> list[Rejection]:
+        """Every rejection, oldest first."""
+        return self._select_rejections()
+
+    def _select_rejections(
+        self, where: str = "", params: tuple[object, ...] = ()
+    ) -> list[Rejection]:
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                f"SELECT {_REJECTION_COLUMNS} FROM rejections {where} ORDER BY rejected_at, id",
+                params,
+            ).fetchall()
+        return [_rejection(row) for row in rows]
+
     # --- reading -----------------------------------------------------------------------
     def get(self, sha256: str) -> LedgerEntry | None:
         """The entry of these bytes, if any."""
@@ -333,12 +540,15 @@ class Ledger:
 
     def next_attempt_at(self) -> float | None:
         """The earliest wall-clock time a pending file becomes due (its retry time, or the
-        end of another owner's claim), if any file is pending."""
+        end of another owner's claim) or a pending rejection alert is retried, if any."""
         with closing(self._connect()) as conn:
             row = conn.execute(
-                "SELECT MIN(MAX(COALESCE(next_attempt_at, 0), "
-                "CASE WHEN claimed_by IS NULL THEN 0 ELSE claim_expires_at END)) AS due "
-                "FROM files WHERE state = 'seen'"
+                "SELECT MIN(due) AS due FROM ("
+                "SELECT MAX(COALESCE(next_attempt_at, 0), "
+                "CASE WHEN claimed_by IS NULL THEN 0 ELSE claim_expires_at END) AS due "
+                "FROM files WHERE state = 'seen' "
+                "UNION ALL SELECT COALESCE(alert_next_at, 0) AS due "
+                "FROM rejections WHERE alert_sent_at IS NULL)"
             ).fetchone()
         return None if row["due"] is None else float(row["due"])
 
@@ -350,3 +560,38 @@ class Ledger:
                 "WHERE state = 'seen' AND claimed_by IS NOT NULL"
             ).fetchall()
         return {row["sha256"]: row["claimed_by"] for row in rows}
+
+
+def _create_or_migrate(conn: sqlite3.Connection) -> None:
+    """Create the tables, or bring a ledger written by an older taxiops up to date.
+
+    Under the write lock, so several processes opening one ledger at once do it once.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            for statement in _statements(_FILES_TABLE + _REJECTIONS_TABLE):
+                conn.execute(statement)
+        elif version == 1:
+            # v2: a `crashed` state (the CHECK constraint: the table is rebuilt), a run
+            # number per file, and the rejections table.
+            conn.execute("ALTER TABLE files RENAME TO files_v1")
+            conn.execute("DROP INDEX IF EXISTS files_by_state")
+            for statement in _statements(_FILES_TABLE + _REJECTIONS_TABLE):
+                conn.execute(statement)
+            conn.execute(f"INSERT INTO files ({_V1_COLUMNS}) SELECT {_V1_COLUMNS} FROM files_v1")
+            conn.execute("DROP TABLE files_v1")
+        elif version > _SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"ledger schema v{version} is newer than this taxiops (v{_SCHEMA_VERSION})"
+            )
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]

@@ -59,6 +59,7 @@ class WatcherStats:
     failed_attempts: int = 0  # hand-offs that raised and were scheduled for a retry
     finished: int = 0  # flow runs found succeeded / failed / rejected
     requeued: int = 0  # flow runs missing on the server, handed off again
+    retried: int = 0  # crashed flow runs handed off again on their own
 
 
 class WatcherService:
@@ -410,7 +411,7 @@ class WatcherService:
                 size=entry.size,
             )
             try:
-                submission = self._submitter.submit(incoming)
+                submission = self._submitter.submit(incoming, runs=entry.runs)
             except Exception as exc:
                 attempts = entry.attempts + 1
                 delay = self._backoff.delay(attempts)
@@ -477,6 +478,20 @@ class WatcherService:
                     self._wake.set()
                 continue
             state = FileState(outcome.status.value)
+            if state is FileState.CRASHED and entry.runs <= self._settings.retry_crashed_runs:
+                if self.ledger.finish_and_retry(entry.sha256, state, outcome.detail):
+                    self._count("retried")
+                    logger.warning(
+                        "%s: training run %s crashed (%s); handing the file off again "
+                        "(automatic retry %d of %d)",
+                        entry.path.name,
+                        entry.flow_run_id,
+                        outcome.detail,
+                        entry.runs,
+                        self._settings.retry_crashed_runs,
+                    )
+                    self._wake.set()
+                continue
             if self.ledger.mark_finished(entry.sha256, state, outcome.detail):
                 self._count("finished")
                 logger.info("%s: training run %s %s", entry.path.name, entry.flow_run_id, state)

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from taxiops import events
-from taxiops.errors import TaxiopsError
+from taxiops.errors import TaxiopsError, ValidationRule
 from taxiops.watcher._incoming import IncomingFile
+from taxiops.watcher._ledger import Rejection, run_key
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -67,6 +68,7 @@ class RunStatus(StrEnum):
     ACTIVE = "active"  # scheduled, pending, running, paused: check again later
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CRASHED = "crashed"  # its process died (killed, out of memory, machine lost): may retry
     REJECTED = "rejected"  # failed on a data rule: fixing the file, not retrying, helps
     MISSING = "missing"  # the server has no such run: hand the file off again
     INTERRUPTED = "interrupted"  # cancelled because the service shut down: train it again
@@ -91,8 +93,14 @@ class RunOutcome:
 class Submitter(Protocol):
     """Hands a complete file to the training flow and reports how its run went."""
 
-    def submit(self, incoming: IncomingFile) -> Submission:
-        """Create (or find, for the same bytes) the training flow run; raise on any failure."""
+    def submit(self, incoming: IncomingFile, *, runs: int = 1) -> Submission:
+        """Create (or find, for the same bytes and run number) the training flow run;
+        raise on any failure."""
+        ...
+
+    def announce_rejection(self, rejection: Rejection) -> None:
+        """Emit `taxiops.data.rejected` for an entry the watcher refused; raise on failure.
+        The event id is the rejection's id, so a re-sent event alerts once."""
         ...
 
     def read_outcome(self, flow_run_id: str) -> RunOutcome:
@@ -124,7 +132,9 @@ def outcome_from_state(state_type: str, state_name: str, message: str | None) ->
             return RunOutcome(RunStatus.REJECTED, detail)
         case "CANCELLED" if RUNNER_SHUTDOWN_MESSAGE in (message or ""):
             return RunOutcome(RunStatus.INTERRUPTED, detail)
-        case "FAILED" | "CRASHED" | "CANCELLED":
+        case "CRASHED":
+            return RunOutcome(RunStatus.CRASHED, detail)
+        case "FAILED" | "CANCELLED":
             return RunOutcome(RunStatus.FAILED, detail)
         case _:
             return RunOutcome(RunStatus.ACTIVE, detail)
@@ -142,8 +152,8 @@ def arrival_event_id(sha256: str, flow_run_id: str) -> uuid.UUID:
 class PrefectSubmitter:
     """Creates a flow run of the training deployment and emits `taxiops.data.arrived`.
 
-    The content SHA-256 is the flow run's idempotency key: submitting the same bytes
-    again returns the run created the first time. The event is posted over HTTP, so
+    The content SHA-256 (with the run number, for retries) is the flow run's idempotency
+    key: submitting the same bytes again returns the run created the first time. The event is posted over HTTP, so
     `submit` returns only after the server acknowledged both the run and the event.
     """
 
@@ -205,20 +215,22 @@ class PrefectSubmitter:
             with client:
                 yield client
 
-    def submit(self, incoming: IncomingFile) -> Submission:
-        """Create the training flow run for `incoming` and emit its arrival event."""
+    def submit(self, incoming: IncomingFile, *, runs: int = 1) -> Submission:
+        """Create flow run number `runs` of the training deployment for `incoming` and emit
+        its arrival event."""
         from prefect.events import Event
         from prefect.exceptions import ObjectNotFound
 
         taxi_type, month = incoming.taxi_type, str(incoming.month)
+        name = f"{incoming.path.stem}-{incoming.sha256[:8]}" + (f"-run{runs}" if runs > 1 else "")
         try:
             with self._client() as client:
                 deployment = client.read_deployment_by_name(self._deployment_name)
                 run = client.create_flow_run_from_deployment(
                     deployment.id,
                     parameters={"new_file": str(incoming.path), "expected_sha256": incoming.sha256},
-                    idempotency_key=incoming.sha256,
-                    name=f"{incoming.path.stem}-{incoming.sha256[:8]}",
+                    idempotency_key=run_key(incoming.sha256, runs),
+                    name=name,
                     tags=["taxiops", f"taxi:{taxi_type}", f"month:{month}"],
                 )
                 event = Event.model_validate(
@@ -264,6 +276,39 @@ class PrefectSubmitter:
                 f"HTTP {exc.response.status_code}: {exc.response.text[:500]}",
             ) from exc
         return Submission(flow_run_id=str(run.id), flow_run_name=run.name)
+
+    def announce_rejection(self, rejection: Rejection) -> None:
+        """POST the rejection event; the server stores (and alerts on) one event per id."""
+        from prefect.events import Event
+
+        rule = ValidationRule(rejection.rule)
+        event = Event.model_validate(
+            {
+                "id": rejection.id,
+                "event": events.DATA_REJECTED,
+                "resource": events.file_resource(rejection.path.name),
+                "payload": events.data_rejected_payload(
+                    str(rejection.path),
+                    rule.value,
+                    rejection.detail,
+                    rule.hint,
+                    None if rejection.quarantined_path is None else str(rejection.quarantined_path),
+                ),
+            }
+        )
+        try:
+            with self._client() as client:
+                client.request("POST", "/events", json=[event.model_dump(mode="json")])
+        except httpx.TransportError as exc:
+            raise PrefectUnreachableError(
+                self._api_url, f"{type(exc).__name__}: {exc}", rejection.path
+            ) from exc
+        except httpx.HTTPStatusError as exc:
+            raise HandOffError(
+                rejection.path,
+                self._api_url,
+                f"HTTP {exc.response.status_code}: {exc.response.text[:500]}",
+            ) from exc
 
     def discard(self, flow_run_id: str) -> None:
         """Delete the flow run: its idempotency key (the bytes' SHA-256) is free again."""
