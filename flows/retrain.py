@@ -46,6 +46,7 @@ def monthly_retrain(
     summaries: list[TrainingSummary] = []
     missing: list[RetrainPlan] = []
     failed: list[str] = []
+    rejected: list[str] = []
     for plan in plans:
         if plan.missing:
             missing.append(plan)
@@ -61,6 +62,8 @@ def monthly_retrain(
         )
         if state.is_completed():
             summaries.append(state.result())
+        elif state.name == events.REJECTED_STATE:
+            rejected.append(f"{plan.taxi_type}: {state.message}")
         else:
             failed.append(f"{plan.taxi_type}: {state.message}")
     if missing:
@@ -74,7 +77,13 @@ def monthly_retrain(
         # the generic failure alert stays quiet.
         return Failed(name=events.MISSING_MONTH_STATE, message=str(error), data=error)  # type: ignore[return-value]
     if failed:
-        raise RetrainFailedError(failed)
+        raise RetrainFailedError(failed + rejected)
+    if rejected:
+        # The rejected month's own run has alerted once (`taxiops.data.rejected`); a plain
+        # Failed here would alert a second time through the generic failure automation.
+        rejection = RetrainFailedError(rejected)
+        logger.error(str(rejection))
+        return Failed(name=events.REJECTED_STATE, message=str(rejection), data=rejection)  # type: ignore[return-value]
     return summaries
 
 

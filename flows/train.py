@@ -2,6 +2,10 @@
 
 Orchestration only: every step is a task in `taxiops.tasks`; the ML lives in
 `taxiops.ml` and the registry in `taxiops.registry`.
+
+A file that breaks a data rule ends the run in a Failed state named "Rejected";
+when the file lies in the incoming folder it is moved to the quarantine folder
+beside it (with a reason file), and one `taxiops.data.rejected` event says so.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any, cast
+from uuid import UUID, uuid5
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -20,6 +25,7 @@ from prefect.states import Failed
 from taxiops import events, ml, tasks
 from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
 from taxiops.lineage import FingerprintedFile, MonthData
+from taxiops.quarantine import QuarantinedFile, quarantine
 from taxiops.registry import ModelRegistry
 from taxiops.report import MonthRows, TrainingSummary, registry_table, render_markdown
 from taxiops.settings import Settings, load_settings
@@ -38,18 +44,25 @@ class _Steps:
         return self._result(task_.name, cast("State[Any]", state))
 
     def run_all(self, task_: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """Run the calls concurrently; a call that found bad data yields its
+        `DataValidationError` instead of a value (the caller decides)."""
         futures = [tasks.configured(task_, self.settings).submit(*args) for args in calls]
         for future in futures:
             future.wait()
-        return [self._result(task_.name, future.state) for future in futures]
+        return [
+            self._result(task_.name, future.state, bad_data_is_value=True) for future in futures
+        ]
 
-    def _result(self, name: str, state: State[Any]) -> Any:
-        """The task's value; bad data re-raised as is, any other failure named by its task."""
+    def _result(self, name: str, state: State[Any], *, bad_data_is_value: bool = False) -> Any:
+        """The task's value; bad data re-raised as is (or returned), any other failure named
+        by its task."""
         self.states.append(state)
         if not state.is_failed():
             return state.result()
         error = state.result(raise_on_failure=False)
         if isinstance(error, DataValidationError):
+            if bad_data_is_value:
+                return error
             raise error
         if not isinstance(error, BaseException):
             raise TaskFailedError(name, str(state.message))
@@ -76,8 +89,9 @@ def train_duration_model(
     started = time.perf_counter()
     settings = load_settings()
     logger = get_run_logger()
+    read: list[FingerprintedFile] = []
     try:
-        target = FingerprintedFile.of(new_file)
+        target = _fingerprint(new_file, read)
         if expected_sha256 is not None and target.sha256 != expected_sha256:
             raise DataValidationError(
                 target.path,
@@ -85,20 +99,22 @@ def train_duration_model(
                 f"bytes changed after arrival (sha256 {expected_sha256[:12]} -> {target.sha256[:12]})",
             )
         sources = (
-            [FingerprintedFile.of(p) for p in train_files]
+            [_fingerprint(p, read) for p in train_files]
             if train_files is not None
             else [
-                FingerprintedFile.of(t.path)
+                _fingerprint(t.path, read)
                 for t in earlier_months_in_folder(target.trip, settings.train_months)
             ]
         )
-        summary = _train(settings, target, sources, started)
+        summary = _train(
+            settings, target, sources, started, skip_bad_sources=train_files is None
+        )
     except DataValidationError as exc:
         # A Failed state named "Rejected": the UI and the `prefect.flow-run.Rejected`
         # event say what happened, and the generic failure alert stays quiet.
-        _announce_rejection(exc)
-        logger.error("rejected %s", exc)
-        return Failed(name=events.REJECTED_STATE, message=str(exc), data=exc)  # type: ignore[return-value]
+        sha256 = next((f.sha256 for f in read if f.path == exc.path), None)
+        message = _reject(settings, exc, sha256)
+        return Failed(name=events.REJECTED_STATE, message=message, data=exc)  # type: ignore[return-value]
     logger.info(
         "%s %s: challenger %s RMSE %.3f (champion %s) -> %s",
         summary.taxi_type,
@@ -112,14 +128,40 @@ def train_duration_model(
 
 
 def _train(
-    settings: Settings, target: FingerprintedFile, sources: list[FingerprintedFile], started: float
+    settings: Settings,
+    target: FingerprintedFile,
+    sources: list[FingerprintedFile],
+    started: float,
+    *,
+    skip_bad_sources: bool,
 ) -> TrainingSummary:
+    """Load, train, judge, register. With `skip_bad_sources`, a bad earlier month found in
+    the folder is left out (its own run rejects and quarantines it) instead of failing the
+    new month; training months named by the caller must all be good."""
     steps = _Steps(settings)
-    rules = (settings.min_duration_minutes, settings.max_duration_minutes)
-    loaded: list[MonthData] = steps.run_all(
+    rules = (
+        settings.min_duration_minutes,
+        settings.max_duration_minutes,
+        settings.max_outside_month_share,
+    )
+    *from_sources, validation = steps.run_all(
         tasks.load_month, [(f, *rules) for f in [*sources, target]]
     )
-    *train_months, validation = loaded
+    if isinstance(validation, DataValidationError):
+        raise validation
+    train_months: list[MonthData] = []
+    for loaded_month in from_sources:
+        if not isinstance(loaded_month, DataValidationError):
+            train_months.append(loaded_month)
+        elif skip_bad_sources:
+            get_run_logger().warning(
+                "training without %s, which breaks a data rule (its own run rejects it): %s",
+                loaded_month.path.name,
+                loaded_month,
+            )
+        else:
+            raise loaded_month
+    loaded = [*train_months, validation]
     if not train_months:
         train_part, validation = steps.run(
             tasks.split_month, validation, settings.validation_fraction
@@ -192,10 +234,68 @@ def _publish(settings: Settings, summary: TrainingSummary) -> None:
     )
 
 
-def _announce_rejection(exc: DataValidationError) -> None:
-    """Tell automations a file broke a data rule."""
+def _fingerprint(path: str | Path, read: list[FingerprintedFile]) -> FingerprintedFile:
+    """Hash a month file (remembered in `read`); a file gone since the hand-off is rejected."""
+    try:
+        file = FingerprintedFile.of(path)
+    except FileNotFoundError:
+        gone = Path(path)
+        raise DataValidationError(
+            gone,
+            ValidationRule.FILE_VANISHED,
+            f"no such file in {gone.parent}; it was removed or moved before this run read it",
+        ) from None
+    read.append(file)
+    return file
+
+
+def _reject(settings: Settings, exc: DataValidationError, sha256: str | None) -> str:
+    """Quarantine the file when it is ours to move, log and announce the rejection once;
+    returns the message for the run's final state."""
+    logger = get_run_logger()
+    moved: QuarantinedFile | None = None
+    if exc.rule.keeps_file and _in_folder(exc.path, settings.incoming_dir):
+        try:
+            moved = quarantine(
+                exc, settings.quarantine_dir, by=f"flow run {flow_run.get_id()}", sha256=sha256
+            )
+        except OSError as error:
+            logger.error(
+                "could not quarantine %s into %s (%s); it stays where it is",
+                exc.path,
+                settings.quarantine_dir,
+                error,
+            )
+    message = str(exc) if moved is None else f"{exc}; moved to {moved.path}"
+    logger.error("rejected %s", message)
+    _announce_rejection(exc, moved)
+    return message
+
+
+def _in_folder(path: Path, folder: Path) -> bool:
+    """Whether `path` lies directly in `folder` (never move a file the service was not given)."""
+    try:
+        return path.parent.resolve() == folder.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return False
+
+
+def _announce_rejection(exc: DataValidationError, moved: QuarantinedFile | None) -> None:
+    """Tell automations a file broke a data rule: one event per run and file (a stable id,
+    so a re-sent event is stored, and alerted on, once)."""
+    run_id = flow_run.get_id()
     emit_event(
         event=events.DATA_REJECTED,
-        resource=events.file_resource(Path(exc.path).name),
-        payload={"path": str(exc.path), "rule": exc.rule.value, "detail": exc.detail},
+        resource=events.file_resource(exc.path.name),
+        payload=events.data_rejected_payload(
+            str(exc.path),
+            exc.rule.value,
+            exc.detail,
+            exc.hint,
+            None if moved is None else str(moved.path),
+        ),
+        id=None if run_id is None else uuid5(_REJECTION_NAMESPACE, f"{run_id}:{exc.path}"),
     )
+
+
+_REJECTION_NAMESPACE = UUID("0f9b6a44-7d7c-4b51-9a59-3f3c2d1e8a10")

@@ -154,10 +154,21 @@ def taxiops_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 
 # --- the tasks ---------------------------------------------------------------------
 @taxiops_task("load-month")
-def load_month(file: FingerprintedFile, min_minutes: float, max_minutes: float) -> MonthData:
+def load_month(
+    file: FingerprintedFile,
+    min_minutes: float,
+    max_minutes: float,
+    max_outside_month_share: float,
+) -> MonthData:
     """Read, validate and prepare a month file."""
-    trips = ml.load_trips(file.trip, min_minutes=min_minutes, max_minutes=max_minutes)
-    return MonthData(file=file, trips=trips, part="all", rules=f"{min_minutes}-{max_minutes}")
+    trips = ml.load_trips(
+        file.trip,
+        min_minutes=min_minutes,
+        max_minutes=max_minutes,
+        max_outside_month_share=max_outside_month_share,
+    )
+    rules = f"{min_minutes}-{max_minutes}:outside-{max_outside_month_share}"
+    return MonthData(file=file, trips=trips, part="all", rules=rules)
 
 
 @taxiops_task("split-by-pickup-time")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import pytest
@@ -13,8 +16,17 @@ from prefect.client.schemas.filters import (
     ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import TaskRun
+from prefect.events import Event
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
 
 from taxiops.ml import write_synth_month
 from taxiops.settings import Settings
@@ -51,3 +63,44 @@ def artifact_keys_of(flow_run_id: str | UUID) -> set[str]:
             )
         )
     return {a.key for a in artifacts if a.key}
+
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], *, timeout: float = 20.0, what: str = "") -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.2)
+    return result
+
+
+def events_since(since: datetime, resource_id: str, name_prefix: str = "") -> list[Event]:
+    """Events about `resource_id` stored by the server since `since`, oldest first.
+
+    The server stores events in batches (every few seconds), so callers poll.
+    """
+    event_filter = EventFilter(
+        occurred=EventOccurredFilter.model_validate({"since": since}),
+        event=EventNameFilter(prefix=[name_prefix] if name_prefix else None),
+        resource=EventResourceFilter(id=[resource_id]),
+    )
+    with get_client(sync_client=True) as client:
+        # The server API caps a page at 50; the client's default of 100 is refused (422).
+        page = client.read_events(filter=event_filter, limit=50)
+    return sorted(page.events, key=lambda event: event.occurred)
+
+
+def log_messages_of(flow_run_id: str | UUID) -> list[str]:
+    """Messages of every log line a flow run sent (queued lines are sent first)."""
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(str(flow_run_id))]))
+        )
+    return [log.message for log in logs]

@@ -321,3 +321,27 @@ def test_notice_json_round_trips() -> None:
     for make in ALL_NOTICES.values():
         notice = make()
         assert Notice.from_json(notice.model_dump_json()) == notice
+
+
+def test_the_rejection_payload_flows_and_watcher_send_renders_every_fact() -> None:
+    payload = events.data_rejected_payload(
+        "/srv/data/incoming/green_tripdata_2023-03.parquet",
+        "outside-month",
+        "100% of 2,000 pickups fall outside 2023-03 (they span 2023-02-01 .. 2023-02-28)",
+        "check the file holds the month its name says",
+        "/srv/data/quarantine/green_tripdata_2023-03.parquet",
+    )
+    assert set(payload) == set(DATA_REJECTED_KEYS)
+    notice = Notice.model_validate(
+        {"kind": NoticeKind.REJECTED, "facts": payload, "flow_run_id": FLOW_RUN_ID}
+    )
+
+    assert _fields(notice) == {
+        "File": "`green_tripdata_2023-03.parquet`",
+        "Rule": "outside-month",
+        "Taxi type / month": "green 2023-03",
+        "Moved to": "`/srv/data/quarantine/green_tripdata_2023-03.parquet`",
+    }
+    body = render_plain(notice).body
+    assert "they span 2023-02-01 .. 2023-02-28" in body
+    assert "What to do: check the file holds the month its name says" in body

@@ -142,6 +142,18 @@ def test_real_month_prepares_cleanly(shared_data: Path) -> None:
     assert trips.frame["PULocationID"].between(1, 265).all()
 
 
+@pytest.mark.parametrize("month", ["2021-01", "2021-02", "2023-01", "2023-02"])
+def test_real_months_hold_far_fewer_strays_than_the_outside_month_limit(
+    shared_data: Path, month: str
+) -> None:
+    """Real TLC months carry < 0.05% pickups outside their month: 100x under the 5% default."""
+    trips = load_trips(
+        parse_trip_file(shared_data / f"green_tripdata_{month}.parquet"),
+        max_outside_month_share=0.0005,
+    )
+    assert 0 < trips.report.dropped[PICKUP_OUTSIDE_MONTH] < trips.report.rows_read * 0.0005
+
+
 # --- split -----------------------------------------------------------------------------
 
 

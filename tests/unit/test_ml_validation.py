@@ -115,8 +115,66 @@ def test_all_rows_filtered_out_says_why(tmp_path: Path, good_month: pd.DataFrame
 
 def test_month_in_name_must_match_the_pickups(tmp_path: Path, good_month: pd.DataFrame) -> None:
     trip_file = _write(tmp_path, good_month, name="green_tripdata_2021-05.parquet")
-    error = _rejects(trip_file, ValidationRule.NO_ROWS_LEFT)
-    assert "pickup outside the file's month" in error.detail
+    error = _rejects(trip_file, ValidationRule.OUTSIDE_MONTH)
+    assert error.detail.startswith(f"100% of {len(good_month):,} pickups fall outside 2021-05")
+    assert "they span 2021-01-01 .. 2021-01-31" in error.detail
+    assert "most in" not in error.detail  # one month found: the span says it all
+    assert "misnamed" in error.detail and "at most 5%" in error.detail
+    assert "holds the month its name says" in str(error)  # the hint
+
+
+def _with_strays(frame: pd.DataFrame, strays: int, shift: pd.Timedelta) -> pd.DataFrame:
+    """`frame` with the pickups (and dropoffs, so durations hold) of its first rows shifted."""
+    moved = frame.copy()
+    for column in ("lpep_pickup_datetime", "lpep_dropoff_datetime"):
+        moved.loc[: strays - 1, column] = moved.loc[: strays - 1, column] + shift
+    return moved
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2])
+def test_a_share_of_strays_up_to_the_limit_is_dropped_row_by_row(
+    tmp_path: Path, good_month: pd.DataFrame, share: float
+) -> None:
+    strays = int(len(good_month) * share)
+    trip_file = _write(tmp_path, _with_strays(good_month, strays, pd.Timedelta(days=-40)))
+
+    trips = load_trips(trip_file, max_outside_month_share=share)
+
+    assert trips.report.dropped["pickup outside the file's month"] == strays
+
+
+def test_one_stray_over_the_limit_rejects_the_file(
+    tmp_path: Path, good_month: pd.DataFrame
+) -> None:
+    strays = len(good_month) // 20 + 1  # 5% + one row
+    frame = _with_strays(good_month, strays, pd.Timedelta(days=-40))
+    frame.loc[0, "lpep_pickup_datetime"] = pd.Timestamp("2009-01-01 00:03:25")  # a years-old one
+    trip_file = _write(tmp_path, frame)
+
+    with pytest.raises(DataValidationError) as caught:
+        load_trips(trip_file)
+
+    error = caught.value
+    assert error.rule is ValidationRule.OUTSIDE_MONTH and error.path == trip_file.path
+    assert error.detail.startswith(f"5.05% of {len(frame):,} pickups fall outside 2021-01")
+    assert "they span 2009-01-01 .. 2020-12-" in error.detail
+    assert "most in 2020-11" in error.detail or "most in 2020-12" in error.detail
+
+
+def test_pickups_without_a_time_do_not_count_towards_the_share(
+    tmp_path: Path, good_month: pd.DataFrame
+) -> None:
+    strays = len(good_month) // 20  # exactly 5% of all rows...
+    frame = _with_strays(good_month, strays, pd.Timedelta(days=-40))
+    frame.loc[len(frame) - 10 :, "lpep_pickup_datetime"] = pd.NaT  # ...but more of the timed
+
+    error = _rejects(_write(tmp_path, frame), ValidationRule.OUTSIDE_MONTH)
+    assert f"of {len(frame) - 10:,} pickups" in error.detail
+
+
+def test_the_share_limit_must_be_a_share(tmp_path: Path, good_month: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="max_outside_month_share"):
+        load_trips(_write(tmp_path, good_month), max_outside_month_share=1.5)
 
 
 def test_empty_table_has_no_rows_left(tmp_path: Path, good_month: pd.DataFrame) -> None:

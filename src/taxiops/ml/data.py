@@ -90,20 +90,26 @@ def load_trips(
     min_minutes: float = 1.0,
     max_minutes: float = 60.0,
     require_pickup_in_month: bool = True,
+    max_outside_month_share: float = 0.05,
 ) -> PreparedTrips:
     """Read, check and prepare one month file.
 
     Keeps trips lasting `min_minutes` to `max_minutes` (inclusive) with both
     locations and a non-negative distance; with `require_pickup_in_month`, only
     trips picked up inside the month named by the file (TLC files carry a few
-    stray years-old timestamps).
+    stray years-old timestamps), and the whole file is refused when more than
+    `max_outside_month_share` of its pickups lie outside that month.
 
     Raises `DataValidationError` with rule `unreadable-parquet` (empty,
-    truncated or non-parquet file), `missing-column`, `wrong-type`, or
-    `no-rows-left`. A missing file raises `FileNotFoundError`.
+    truncated or non-parquet file), `missing-column`, `wrong-type`,
+    `outside-month` or `no-rows-left`. A missing file raises `FileNotFoundError`.
     """
     if not 0 <= min_minutes < max_minutes:
         raise ValueError(f"need 0 <= min_minutes < max_minutes, got {min_minutes}, {max_minutes}")
+    if not 0 <= max_outside_month_share <= 1:
+        raise ValueError(
+            f"max_outside_month_share must be in [0, 1], got {max_outside_month_share}"
+        )
     path = trip_file.path
     columns = trip_columns(trip_file.taxi_type)
     table = _read_columns(path, columns)
@@ -124,7 +130,9 @@ def load_trips(
 
     checks: list[tuple[str, npt.NDArray[np.bool_]]] = [(MISSING_DATETIME, missing_time)]
     if require_pickup_in_month:
-        checks.append((PICKUP_OUTSIDE_MONTH, _outside_month(pickup, trip_file.month)))
+        outside = _outside_month(pickup, trip_file.month)
+        _check_month_share(path, trip_file.month, pickup, outside, max_outside_month_share)
+        checks.append((PICKUP_OUTSIDE_MONTH, outside))
     checks += [
         (MISSING_LOCATION, np.isnan(pu) | np.isnan(do)),
         (MISSING_DISTANCE, ~np.isfinite(distance)),
@@ -293,6 +301,37 @@ def _outside_month(pickup: npt.NDArray[np.datetime64], month: Month) -> npt.NDAr
     end = np.datetime64(f"{month.shift(1)}-01", "us")
     outside: npt.NDArray[np.bool_] = (pickup < start) | (pickup >= end)
     return outside
+
+
+def _check_month_share(
+    path: Path,
+    month: Month,
+    pickup: npt.NDArray[np.datetime64],
+    outside: npt.NDArray[np.bool_],
+    max_share: float,
+) -> None:
+    """Refuse the file when more than `max_share` of the pickups that have a time fall
+    outside `month`: a few strays are dropped row by row, this many mean a wrong name."""
+    timed = int((~np.isnat(pickup)).sum())
+    count = int(outside.sum())  # NaT compares False, so is never outside
+    if timed == 0 or count / timed <= max_share:
+        return
+    days = pickup[outside].astype("datetime64[D]")
+    months, counts = np.unique(days.astype("datetime64[M]"), return_counts=True)
+    span = f"they span {days.min()} .. {days.max()}"
+    if len(months) > 1:
+        span += f", most in {months[counts.argmax()]}"
+    raise DataValidationError(
+        path,
+        ValidationRule.OUTSIDE_MONTH,
+        f"{_percent(count / timed)} of {timed:,} pickups fall outside {month} ({span}); "
+        f"at most {_percent(max_share)} may; is the file misnamed?",
+    )
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage with three significant digits: `98%`, `5.1%`, `0.04%`."""
+    return f"{share * 100:.3g}%"
 
 
 def _subset(
