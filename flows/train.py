@@ -106,9 +106,7 @@ def train_duration_model(
                 for t in earlier_months_in_folder(target.trip, settings.train_months)
             ]
         )
-        summary = _train(
-            settings, target, sources, started, skip_bad_sources=train_files is None
-        )
+        summary = _train(settings, target, sources, started, skip_bad_sources=train_files is None)
     except DataValidationError as exc:
         # A Failed state named "Rejected": the UI and the `prefect.flow-run.Rejected`
         # event say what happened, and the generic failure alert stays quiet.

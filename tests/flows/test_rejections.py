@@ -232,9 +232,7 @@ def test_a_bad_training_month_named_by_the_caller_rejects_the_run(
     )
     good = write_synth_month(settings.incoming_dir, "green", Month(2023, 3), rows=ROWS, seed=3)
 
-    state = train_duration_model(
-        str(good), train_files=[str(months["2023-02"])], return_state=True
-    )
+    state = train_duration_model(str(good), train_files=[str(months["2023-02"])], return_state=True)
 
     assert state.name == "Rejected"
     assert (state.message or "").startswith(f"{months['2023-02'].name}: missing-column")
