@@ -207,10 +207,11 @@ def watch() -> None:
 
 @app.command()
 def status() -> None:
-    """Print the ledger of month files and the model in production for each taxi type."""
+    """Print the ledger of month files, the entries quarantined, and the model in production
+    for each taxi type."""
     from taxiops.registry import ModelRegistry
     from taxiops.settings import load_settings
-    from taxiops.watcher import status_rows
+    from taxiops.watcher import rejection_rows, status_rows
 
     settings = load_settings()
     rows = status_rows(settings)
@@ -222,6 +223,16 @@ def status() -> None:
         )
     if not rows:
         print("(no files seen yet)")
+    rejections = rejection_rows(settings)
+    if rejections:
+        print(f"\n{'rejected':<16} {'file':<34} {'rule':<18} {'alert':<8} kept as")
+    for rejection in rejections:
+        alert = "sent" if rejection.alert_sent_at is not None else "pending"
+        kept = rejection.quarantined_path or "(gone: nothing to keep)"
+        print(
+            f"{rejection.rejected_at.astimezone():%Y-%m-%d %H:%M} {rejection.path.name:<34} "
+            f"{rejection.rule:<18} {alert:<8} {kept}"
+        )
     registry = ModelRegistry(settings.models_dir)
     for taxi_type in registry.taxi_types():
         production = registry.production(taxi_type)

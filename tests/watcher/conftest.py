@@ -13,8 +13,10 @@ from tests.watcher.watcher_helpers import FAST_BACKOFF, RecordingSubmitter, Serv
 
 @pytest.fixture
 def watch_settings(settings: Settings) -> Settings:
-    """Test settings with a short settle time."""
-    return settings.model_copy(update={"watch_settle_seconds": 0.2})
+    """Test settings with a short settle time and a short wait for incomplete files."""
+    return settings.model_copy(
+        update={"watch_settle_seconds": 0.2, "watch_incomplete_seconds": 0.5}
+    )
 
 
 @pytest.fixture

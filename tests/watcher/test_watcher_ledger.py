@@ -224,6 +224,7 @@ def test_crashed_runs_retry_with_a_new_run_key_and_rejections_wait_for_their_ale
         detail="bad name",
         message="x.parquet: file-name: bad name",
     )
+    assert rejection is not None
     assert [r.id for r in ledger.unsent_rejections()] == [rejection.id]
     ledger.record_alert_failure(rejection.id, error="refused", retry_at=time.time() + 60)
     assert ledger.unsent_rejections() == []

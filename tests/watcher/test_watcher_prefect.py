@@ -22,6 +22,7 @@ from prefect.states import Completed, Crashed, Failed
 from prefect.utilities.callables import parameter_schema
 
 from taxiops import events
+from taxiops.errors import ValidationRule
 from taxiops.server import LocalPrefectServer, free_port
 from taxiops.settings import Settings
 from taxiops.watcher import (
@@ -29,6 +30,7 @@ from taxiops.watcher import (
     FileState,
     HandOffError,
     IncomingFile,
+    Ledger,
     PrefectSubmitter,
     PrefectUnreachableError,
     RunStatus,
@@ -154,6 +156,42 @@ def test_the_arrival_event_reaches_the_server(
     related = {r.role: r.id for r in event.related}
     assert related["flow-run"] == f"prefect.flow-run.{submission.flow_run_id}"
     assert related["taxi-type"] == events.taxi_type_resource_id("yellow")
+
+
+def test_a_rejection_is_announced_once_however_often_it_is_sent(
+    api_url: str, client: SyncPrefectClient, tmp_path: Path
+) -> None:
+    # A name with a space and a non-ASCII letter: it must survive the resource id and payload.
+    name = "grüen_tripdata_2023-03 (1).parquet"
+    incoming, kept = tmp_path / "incoming" / name, tmp_path / "quarantine" / name
+    rejection = Ledger(tmp_path / "ledger.sqlite3").record_rejection(
+        path=incoming,
+        quarantined_path=kept,
+        rule="file-name",
+        detail="file name is not <green|yellow>_tripdata_YYYY-MM.parquet",
+        message=f"{name}: file-name: ...",
+    )
+    submitter = PrefectSubmitter(api_url)
+    submitter.announce_rejection(rejection)
+    submitter.announce_rejection(rejection)  # a re-send after a lost acknowledgement
+    event_filter = EventFilter(
+        event=EventNameFilter(name=[events.DATA_REJECTED]),
+        resource=EventResourceFilter(id=[events.file_resource(name)["prefect.resource.id"]]),
+    )
+
+    def stored() -> list[Event]:
+        page = client.read_events(filter=event_filter, limit=50)
+        return [e for e in page.events if str(e.id) == rejection.id]
+
+    [event] = wait_for(stored, timeout=30, what="the rejection event in the event store")
+    assert event.resource.name == name
+    assert event.payload["path"] == str(incoming)
+    assert event.payload["rule"] == "file-name"
+    assert event.payload["quarantined_to"] == str(kept)
+    assert event.payload["hint"] == ValidationRule.FILE_NAME.hint
+    submitter.announce_rejection(rejection)
+    time.sleep(1.0)  # give a duplicate the time to be stored, were the id not enough
+    assert len(stored()) == 1
 
 
 def test_flow_run_states_are_read_back_as_outcomes(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from taxiops.quarantine import read_reason
 from taxiops.settings import Settings
 from taxiops.watcher import (
     FileState,
@@ -40,7 +41,9 @@ def test_slowly_written_file_is_handed_off_once_and_only_when_complete(
 ) -> None:
     data = parquet_bytes(1, rows=20_000)
     target = watch_settings.incoming_dir / "green_tripdata_2023-01.parquet"
-    service = make_service(recorder)
+    # Long enough that the stalled writer below is never taken for a torn file.
+    patient = watch_settings.model_copy(update={"watch_incomplete_seconds": 10.0})
+    service = make_service(recorder, patient)
     service.start()
 
     half = len(data) // 2
@@ -91,14 +94,14 @@ def test_files_moved_into_the_folder_are_handed_off(
     }
 
 
-def test_files_that_are_not_month_files_are_logged_and_left_alone(
+def test_files_that_are_not_month_files_are_quarantined_with_their_reason(
     make_service: ServiceFactory,
     recorder: RecordingSubmitter,
     watch_settings: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("INFO", logger="taxiops.watcher")
-    folder = watch_settings.incoming_dir
+    folder, quarantine_dir = watch_settings.incoming_dir, watch_settings.quarantine_dir
     service = make_service(recorder)
     service.start()
     strangers = [
@@ -107,13 +110,17 @@ def test_files_that_are_not_month_files_are_logged_and_left_alone(
         write_file(folder / "blue_tripdata_2023-01.parquet", parquet_bytes(5)),
         write_file(folder / "green_tripdata_2023-01.csv", parquet_bytes(6)),
     ]
-    wait_for(lambda: service.stats().ignored == 4, what="four ignored names")
+    wait_for(lambda: len(recorder.rejected()) == 4, what="four rejection alerts")
     write_file(folder / "green_tripdata_2023-03.parquet", parquet_bytes(7))
     wait_for(lambda: recorder.calls, what="the month file's hand-off")
 
     service.stop()
     assert [c.incoming.path.name for c in recorder.calls] == ["green_tripdata_2023-03.parquet"]
-    assert all(path.exists() for path in strangers)
+    for path in strangers:
+        assert not path.exists()
+        assert read_reason(quarantine_dir / path.name)["rule"] == "file-name"
+    assert sorted(r.path.name for r in recorder.rejections) == sorted(p.name for p in strangers)
+    assert service.stats().rejected == 4
     assert "file-name" in caplog.text and "green_tripdata_2023-13.parquet" in caplog.text
     assert [e.path.name for e in status_rows(watch_settings)] == ["green_tripdata_2023-03.parquet"]
 
@@ -320,6 +327,7 @@ def test_a_file_renamed_while_pending_is_handed_off_under_its_new_name(
     wait_for(lambda: up.calls, what="the hand-off")
     assert [c.incoming.path.name for c in up.calls] == ["green_tripdata_2021-02.parquet"]
     assert Ledger(watch_settings.ledger_path).get(sha256(data)) is not None
+    assert up.rejections == []  # followed the rename: not reported as vanished
 
 
 def test_a_claim_left_by_a_crashed_watcher_is_released_at_start(

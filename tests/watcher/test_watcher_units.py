@@ -1,7 +1,8 @@
-"""Small pieces: the completeness check, backoff, outcome mapping, the handler's name rules."""
+"""Small pieces: the completeness check, admission, backoff, outcome mapping, the handler."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,20 @@ import pytest
 from taxiops import events
 from taxiops.errors import DataValidationError
 from taxiops.watcher import (
+    Admitted,
     Backoff,
+    FileSignature,
     FileTouched,
+    Gone,
     IncomingFileHandler,
+    Refused,
     RunStatus,
+    StillArriving,
+    Verdict,
     describe_incoming,
+    entry_signature,
     has_parquet_footer,
+    inspect_entry,
     outcome_from_state,
 )
 from taxiops.watcher._debounce import Debouncer
@@ -94,20 +103,90 @@ def test_prefect_states_map_to_outcomes(
     assert outcome.detail is not None and outcome.detail.startswith(state_name)
 
 
-def test_the_handler_passes_month_files_and_skips_the_rest(tmp_path: Path) -> None:
+def test_the_handler_passes_every_name_but_files_in_flight(tmp_path: Path) -> None:
     touched: list[FileTouched] = []
     handler = IncomingFileHandler(touched.append)
     for name in (
         "green_tripdata_2023-01.parquet",
-        "notes.txt",
+        "notes.txt",  # quarantined by the worker, so it must reach it
         "green_tripdata_2023-00.parquet",
         ".green_tripdata_2023-02.parquet",  # hidden: an upload in flight, skipped silently
         "green_tripdata_2023-03.parquet.part",
+        "green_tripdata_2023-03.parquet.crdownload",
     ):
         handler.touch(tmp_path / name)
-    handler.touch(tmp_path / "notes.txt")  # logged once only
-    assert [t.path.name for t in touched] == ["green_tripdata_2023-01.parquet"]
-    assert handler.ignored_count == 2
+    assert [t.path.name for t in touched] == [
+        "green_tripdata_2023-01.parquet",
+        "notes.txt",
+        "green_tripdata_2023-00.parquet",
+    ]
+
+
+def _rule(verdict: Verdict) -> str:
+    assert isinstance(verdict, Refused | StillArriving), verdict
+    return verdict.error.rule.value
+
+
+def test_admission_decides_every_kind_of_entry(tmp_path: Path) -> None:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    good = parquet_bytes(3)
+    outside = tmp_path / "outside.parquet"
+    outside.write_bytes(good)
+
+    def inspect(name: str, max_file_bytes: int = 10**9) -> Verdict:
+        return inspect_entry(folder / name, folder, max_file_bytes=max_file_bytes)
+
+    (folder / "green_tripdata_2023-01.parquet").write_bytes(good)
+    assert inspect("green_tripdata_2023-01.parquet") == Admitted(
+        folder / "green_tripdata_2023-01.parquet", len(good)
+    )
+    assert _rule(inspect("green_tripdata_2023-01.parquet", len(good) - 1)) == "too-large"
+    (folder / "green_tripdata_2023-02.parquet").write_bytes(b"")
+    assert isinstance(inspect("green_tripdata_2023-02.parquet"), StillArriving)
+    (folder / "green_tripdata_2023-03.parquet").write_bytes(good[: len(good) // 2])
+    assert isinstance(inspect("green_tripdata_2023-03.parquet"), StillArriving)
+    (folder / "green_tripdata_2023-04.parquet").write_bytes(b"PA")  # the magic, half written
+    assert isinstance(inspect("green_tripdata_2023-04.parquet"), StillArriving)
+    (folder / "green_tripdata_2023-05.parquet").write_bytes(b"VendorID,fare\n1,2.5\n")
+    assert _rule(inspect("green_tripdata_2023-05.parquet")) == "unreadable-parquet"
+    (folder / "green_tripdata_2023-13.parquet").write_bytes(good)
+    assert _rule(inspect("green_tripdata_2023-13.parquet")) == "file-name"
+    (folder / "green_tripdata_2023-06 (1).parquet").write_bytes(good)
+    assert _rule(inspect("green_tripdata_2023-06 (1).parquet")) == "file-name"
+    (folder / "green_tripdata_2023-07.parquet").mkdir()
+    assert _rule(inspect("green_tripdata_2023-07.parquet")) == "not-a-file"
+    os.mkfifo(folder / "green_tripdata_2023-08.parquet")  # must not block on open
+    assert _rule(inspect("green_tripdata_2023-08.parquet")) == "not-a-file"
+    (folder / "green_tripdata_2023-09.parquet").symlink_to(outside)
+    assert _rule(inspect("green_tripdata_2023-09.parquet")) == "symlink-outside"
+    (folder / "green_tripdata_2023-10.parquet").symlink_to(tmp_path / "nowhere.parquet")
+    assert _rule(inspect("green_tripdata_2023-10.parquet")) == "symlink-outside"
+    (folder / "green_tripdata_2023-11.parquet").symlink_to(
+        folder / "green_tripdata_2023-01.parquet"
+    )
+    assert isinstance(inspect("green_tripdata_2023-11.parquet"), Admitted)
+    assert inspect("green_tripdata_2023-12.parquet") == Gone(
+        folder / "green_tripdata_2023-12.parquet"
+    )
+
+
+def test_the_signature_of_a_link_out_of_the_folder_is_the_link_s_own(tmp_path: Path) -> None:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    outside = tmp_path / "outside.parquet"
+    outside.write_bytes(b"x" * 1000)
+    link = folder / "green_tripdata_2023-01.parquet"
+    link.symlink_to(outside)
+    signature = entry_signature(link, folder)
+    assert signature is not None and signature.size == link.lstat().st_size != 1000
+    inside = folder / "green_tripdata_2023-02.parquet"
+    inside.symlink_to(folder / "target.bin")
+    (folder / "target.bin").write_bytes(b"y" * 77)
+    assert entry_signature(inside, folder) == FileSignature.of(folder / "target.bin")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert entry_signature(tmp_path / "dangling", tmp_path) is not None
+    assert entry_signature(folder / "absent", folder) is None
 
 
 def test_a_burst_of_touches_is_one_check_after_the_quiet_spell() -> None:

@@ -63,20 +63,25 @@ class Call:
 
 @dataclass
 class RecordingSubmitter:
-    """A `Submitter` that records acknowledged hand-offs; can fail first, like a down API."""
+    """A `Submitter` that records acknowledged hand-offs and rejection alerts; can fail
+    first, like a down API (`fail_first` hand-offs, `fail_announcements` alerts, or every
+    hand-off while `refusing`)."""
 
     fail_first: int = 0
+    fail_announcements: int = 0
+    refusing: bool = False
     calls: list[Call] = field(default_factory=list)
     attempts: list[float] = field(default_factory=list)
     outcomes: dict[str, RunOutcome] = field(default_factory=dict)
     discarded: list[str] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    announce_attempts: list[float] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def submit(self, incoming: IncomingFile, *, runs: int = 1) -> Submission:
         with self._lock:
             self.attempts.append(time.monotonic())
-            if len(self.attempts) <= self.fail_first:
+            if self.refusing or len(self.attempts) <= self.fail_first:
                 raise ConnectionError("connection refused (recording submitter)")
             self.calls.append(Call(incoming, time.monotonic()))
             run_id = f"run-{len(self.calls)}"
@@ -88,7 +93,15 @@ class RecordingSubmitter:
 
     def announce_rejection(self, rejection: Rejection) -> None:
         with self._lock:
+            self.announce_attempts.append(time.monotonic())
+            if len(self.announce_attempts) <= self.fail_announcements:
+                raise ConnectionError("connection refused (recording submitter)")
             self.rejections.append(rejection)
+
+    def rejected(self) -> list[Rejection]:
+        """The acknowledged rejection alerts so far."""
+        with self._lock:
+            return list(self.rejections)
 
     def discard(self, flow_run_id: str) -> None:
         with self._lock:

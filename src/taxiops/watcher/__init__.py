@@ -1,12 +1,22 @@
 """Watch the incoming folder and hand each complete month file to Prefect exactly once.
 
-watchdog event ─> IncomingFileHandler ─> Debouncer ─> completeness check
+watchdog event ─> IncomingFileHandler ─> Debouncer ─> inspect_entry (admission)
     ─> Ledger (seen) ─> Submitter (flow run + taxiops.data.arrived) ─> Ledger (submitted)
     ─> flow-run state read back ─> Ledger (succeeded | failed | crashed | rejected)
+  refused ─> quarantine/ + reason file ─> Ledger (rejection) ─> taxiops.data.rejected, once
 """
 
 from __future__ import annotations
 
+from taxiops.watcher._admission import (
+    Admitted,
+    Gone,
+    Refused,
+    StillArriving,
+    Verdict,
+    entry_signature,
+    inspect_entry,
+)
 from taxiops.watcher._backoff import Backoff
 from taxiops.watcher._handler import DEFAULT_IGNORE_PATTERNS, IncomingFileHandler
 from taxiops.watcher._incoming import (
@@ -17,7 +27,7 @@ from taxiops.watcher._incoming import (
     has_parquet_footer,
 )
 from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry, Rejection, run_key
-from taxiops.watcher._service import WatcherService, WatcherStats, status_rows
+from taxiops.watcher._service import WatcherService, WatcherStats, rejection_rows, status_rows
 from taxiops.watcher._submitter import (
     HandOffError,
     PrefectSubmitter,
@@ -32,10 +42,12 @@ from taxiops.watcher._submitter import (
 
 __all__ = [
     "DEFAULT_IGNORE_PATTERNS",
+    "Admitted",
     "Backoff",
     "FileSignature",
     "FileState",
     "FileTouched",
+    "Gone",
     "HandOffError",
     "IncomingFile",
     "IncomingFileHandler",
@@ -43,17 +55,23 @@ __all__ = [
     "LedgerEntry",
     "PrefectSubmitter",
     "PrefectUnreachableError",
+    "Refused",
     "Rejection",
     "RunOutcome",
     "RunStatus",
+    "StillArriving",
     "Submission",
     "Submitter",
+    "Verdict",
     "WatcherService",
     "WatcherStats",
     "arrival_event_id",
     "describe_incoming",
+    "entry_signature",
     "has_parquet_footer",
+    "inspect_entry",
     "outcome_from_state",
+    "rejection_rows",
     "run_key",
     "status_rows",
 ]

@@ -1,14 +1,19 @@
-"""The watchdog handler: file events in the incoming folder become `FileTouched` for month files."""
+"""The watchdog handler: every entry that appears in the incoming folder becomes a `FileTouched`.
+
+Files, folders and links alike are reported, whatever their name: the worker decides
+whether an entry is a month file to hand off or something to quarantine. Only names
+that downloaders and editors use while a file is in flight are skipped.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileModifiedEvent,
@@ -17,11 +22,7 @@ from watchdog.events import (
     PatternMatchingEventHandler,
 )
 
-from taxiops.errors import DataValidationError
-from taxiops.tripfile import parse_trip_file
 from taxiops.watcher._incoming import FileTouched, TouchKind
-
-logger = logging.getLogger("taxiops.watcher")
 
 # Names editors and downloaders use while a file is in flight; skipped without a log line.
 # `**/` because watchdog matches patterns against the whole path.
@@ -35,19 +36,20 @@ DEFAULT_IGNORE_PATTERNS: tuple[str, ...] = (
 )
 
 # The events worth a check. Open / close-without-write are left out: our own reads
-# of a file would otherwise wake us up again.
+# of a file would otherwise wake us up again. Folder modifications are left out too:
+# every change to a file in the watched folder also modifies the folder.
 WATCHED_EVENT_TYPES: tuple[type[FileSystemEvent], ...] = (
     FileClosedEvent,
     FileMovedEvent,
     FileCreatedEvent,
     FileModifiedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
 )
-
-_MAX_REMEMBERED_IGNORED = 10_000
 
 
 class IncomingFileHandler(PatternMatchingEventHandler):
-    """Hands `FileTouched` for month-file names to `sink`; logs other names once and ignores them.
+    """Hands a `FileTouched` to `sink` for every path an event names, except in-flight names.
 
     Reacts to close-after-write and to moves into the folder (the destination path);
     created / modified are the fallback for the polling observer, which sees no closes.
@@ -65,20 +67,11 @@ class IncomingFileHandler(PatternMatchingEventHandler):
         super().__init__(
             patterns=None,
             ignore_patterns=list(ignore_patterns) or None,
-            ignore_directories=True,
+            ignore_directories=False,  # a folder named like a month file is quarantined
             case_sensitive=case_sensitive,
             ignore_policy="all",
         )
         self._sink = sink
-        self._lock = threading.Lock()
-        self._ignored: set[Path] = set()
-        self._ignored_count = 0
-
-    @property
-    def ignored_count(self) -> int:
-        """How many distinct paths were ignored for their name."""
-        with self._lock:
-            return self._ignored_count
 
     def on_closed(self, event: FileClosedEvent) -> None:
         self.touch(_path(event.src_path), "closed")
@@ -94,25 +87,10 @@ class IncomingFileHandler(PatternMatchingEventHandler):
         self.touch(_path(event.src_path), "modified")
 
     def touch(self, path: Path, kind: TouchKind = "scan") -> None:
-        """Report `path` to the sink if its name is a month file's; used for events and scans."""
-        if self.is_ignored(str(path)):
-            return
-        try:
-            parse_trip_file(path)
-        except DataValidationError as exc:
-            self._log_ignored(path, exc)
-            return
-        self._sink(FileTouched(path=path, kind=kind))
-
-    def _log_ignored(self, path: Path, exc: DataValidationError) -> None:
-        with self._lock:
-            if path in self._ignored:
-                return
-            if len(self._ignored) >= _MAX_REMEMBERED_IGNORED:
-                self._ignored.clear()
-            self._ignored.add(path)
-            self._ignored_count += 1
-        logger.info("ignoring %s, left where it is: %s", path, exc)
+        """Report `path` to the sink unless its name marks a file in flight; for events and
+        scans."""
+        if not self.is_ignored(str(path)):
+            self._sink(FileTouched(path=path, kind=kind))
 
 
 def _path(raw: bytes | str) -> Path:

@@ -442,10 +442,22 @@ class Ledger:
         detail: str,
         message: str,
         sha256: str | None = None,
-    ) -> Rejection:
-        """Record an entry refused before any run; its alert is pending until marked sent."""
+        forget_seen: bool = False,
+    ) -> Rejection | None:
+        """Record an entry refused before any run; its alert is pending until marked sent.
+
+        With `forget_seen`, the `seen` file of `sha256` is dropped in the same transaction
+        (it vanished before its hand-off); None, and nothing recorded, when it is not `seen`.
+        """
         rejection_id = str(uuid.uuid4())
         with self._write() as conn:
+            if (
+                forget_seen
+                and not conn.execute(
+                    "DELETE FROM files WHERE sha256 = ? AND state = 'seen'", (sha256,)
+                ).rowcount
+            ):
+                return None
             conn.execute(
                 "INSERT INTO rejections (id, path, quarantined_path, rule, detail, message, "
                 "sha256, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -1,8 +1,11 @@
-"""The watcher service: observer -> debounced completeness check -> ledger -> hand-off -> outcome.
+"""The watcher service: observer -> debounced admission check -> ledger -> hand-off -> outcome.
+
+Every entry that lands in the incoming folder (except in-flight temp names) ends either
+handed off to Prefect or quarantined with a reason file and one rejection alert.
 
 Threads: watchdog's observer and emitter (events only touch the debouncer) and one
-worker that checks files, hands them off and polls flow-run outcomes. Every one of
-them is joined by `stop()`.
+worker that checks entries, hands files off, sends rejection alerts and polls flow-run
+outcomes. Every one of them is joined by `stop()`.
 """
 
 from __future__ import annotations
@@ -17,14 +20,22 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserver, PollingObserverVFS
 
-from taxiops.errors import DataValidationError
-from taxiops.tripfile import Month, TaxiType
+from taxiops.errors import DataValidationError, ValidationRule
+from taxiops.tripfile import parse_trip_file, sha256_of
+from taxiops.watcher._admission import (
+    Admitted,
+    Gone,
+    Refused,
+    StillArriving,
+    entry_signature,
+    inspect_entry,
+)
 from taxiops.watcher._backoff import Backoff
 from taxiops.watcher._debounce import Debouncer, DueCheck
 from taxiops.watcher._handler import WATCHED_EVENT_TYPES, IncomingFileHandler
@@ -33,9 +44,14 @@ from taxiops.watcher._incoming import (
     FileTouched,
     IncomingFile,
     describe_incoming,
-    has_parquet_footer,
 )
-from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry
+from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry, Rejection
+from taxiops.watcher._rejections import (
+    quarantine_and_record,
+    record_unrecorded_quarantine,
+    record_vanished,
+    send_rejection_alerts,
+)
 from taxiops.watcher._submitter import RunOutcome, RunStatus, Submitter
 
 if TYPE_CHECKING:
@@ -45,29 +61,38 @@ logger = logging.getLogger("taxiops.watcher")
 
 _MAX_IDLE_SECONDS = 1.0  # look at the ledger at least this often (other processes write it too)
 _ERROR_PAUSE_SECONDS = 1.0
+_RECENT_REJECTION_SECONDS = 60.0  # an entry gone this soon after a rejection was quarantined
 
 
 @dataclass(frozen=True)
 class WatcherStats:
     """Counters since `start()`; what this process did, not what the ledger holds."""
 
-    ignored: int = 0  # paths whose name is not a month file's
-    incomplete: int = 0  # checks that found a steady file without a parquet footer
     accepted: int = 0  # new bytes recorded in the ledger
     duplicates: int = 0  # bytes already in the ledger under another name
+    incomplete: int = 0  # checks that found a steady month file empty or without a footer
+    rejected: int = 0  # entries quarantined, or recorded files that vanished before hand-off
+    vanished: int = 0  # entries gone before they were complete: nothing to train
     submitted: int = 0  # hand-offs Prefect acknowledged
     failed_attempts: int = 0  # hand-offs that raised and were scheduled for a retry
     finished: int = 0  # flow runs found succeeded / failed / rejected
     requeued: int = 0  # flow runs missing on the server, handed off again
     retried: int = 0  # crashed flow runs handed off again on their own
+    alerts_sent: int = 0  # rejection alerts the Prefect API acknowledged
+    alert_failures: int = 0  # rejection alerts that raised and were scheduled for a retry
 
 
 class WatcherService:
     """Watches `settings.incoming_dir` and hands each complete month file to Prefect once.
 
-    `start()` reconciles first: files already in the folder are checked (missed while
-    down), pending ledger entries are handed off, and runs left `submitted` are read
-    back from the API. A context manager; `run_forever()` is `taxiops watch`.
+    Anything else that lands there (a bad name, a folder, a link out of the folder, a
+    file too large, empty or not parquet) is moved to `settings.quarantine_dir` with a
+    reason file, recorded in the ledger and announced once (`taxiops.data.rejected`).
+
+    `start()` reconciles first: entries already in the folder are checked (missed while
+    down), pending ledger entries are handed off, pending rejection alerts are sent and
+    runs left `submitted` are read back from the API. A context manager;
+    `run_forever()` is `taxiops watch`.
     """
 
     def __init__(
@@ -87,12 +112,14 @@ class WatcherService:
         self._backoff = backoff or Backoff(max_delay_seconds=settings.watch_backoff_max_seconds)
         self._poll_every = _given(poll_runs_every_seconds, settings.watch_poll_runs_seconds)
         self._settle = settings.watch_settle_seconds
+        self._incomplete = settings.watch_incomplete_seconds
         self._polling_interval = _given(
             polling_interval_seconds, settings.watch_polling_interval_seconds
         )
         self._lease = _given(claim_lease_seconds, settings.watch_claim_lease_seconds)
         debounce_seconds = _given(debounce_seconds, settings.watch_debounce_seconds)
         self._folder = settings.incoming_dir.resolve()
+        self._quarantine_dir = settings.quarantine_dir.resolve()
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._debouncer = Debouncer(debounce_seconds)
         self._handler = IncomingFileHandler(self._on_touched)
@@ -105,6 +132,7 @@ class WatcherService:
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._poll_failing = False
+        self._quarantine_failures: dict[Path, int] = {}  # worker thread only
 
     # --- public ------------------------------------------------------------------------
     @property
@@ -126,13 +154,13 @@ class WatcherService:
     @property
     def uses_polling(self) -> bool:
         """Whether the running observer polls the folder (settings, or no native events)."""
-        return isinstance(self._observer, PollingObserver)
+        return isinstance(self._observer, PollingObserver | PollingObserverVFS)
 
     def stats(self) -> WatcherStats:
         """A snapshot of this process's counters."""
         with self._counts_lock:
             counts = dict(self._counts)
-        return WatcherStats(ignored=self._handler.ignored_count, **counts)
+        return WatcherStats(**counts)
 
     def start(self) -> None:
         """Open the ledger, start watching, then reconcile in the background."""
@@ -233,7 +261,11 @@ class WatcherService:
                 return observer
             except OSError as exc:  # e.g. the inotify watch limit is reached
                 logger.warning("native file events unavailable (%s); polling instead", exc)
-        observer = PollingObserver(timeout=self._polling_interval)
+        # lstat: with the default os.stat the snapshot skips dangling links, which must be
+        # quarantined too.
+        observer = PollingObserverVFS(
+            stat=os.lstat, listdir=os.scandir, polling_interval=self._polling_interval
+        )
         self._schedule(observer)
         observer.start()
         return observer
@@ -257,6 +289,7 @@ class WatcherService:
 
     def _run(self) -> None:
         self._release_dead_claims()
+        self._record_unrecorded_quarantine()
         self._scan_folder()
         next_poll = 0.0  # the first poll is the reconcile of runs left `submitted`
         while not self._stopping.is_set():
@@ -264,6 +297,7 @@ class WatcherService:
             try:
                 self._check_due_files()
                 self._submit_due()
+                self._send_rejection_alerts()
                 if time.monotonic() >= next_poll:
                     self._poll_runs()
                     next_poll = time.monotonic() + self._poll_every
@@ -283,9 +317,10 @@ class WatcherService:
             candidates.append(next_attempt - time.time())
         return max(0.0, min(candidates))
 
-    def _count(self, name: str) -> None:
-        with self._counts_lock:
-            self._counts[name] = self._counts.get(name, 0) + 1
+    def _count(self, name: str, by: int = 1) -> None:
+        if by:
+            with self._counts_lock:
+                self._counts[name] = self._counts.get(name, 0) + by
 
     def _release_dead_claims(self) -> None:
         """Claims held by crashed watchers on this host need not wait out their lease."""
@@ -299,11 +334,11 @@ class WatcherService:
                 self.ledger.release(sha256, owner)
                 logger.info("released the claim of %s on %s (process gone)", owner, sha256[:12])
 
-    # --- folder -> ledger ----------------------------------------------------------------
+    # --- folder -> ledger or quarantine ----------------------------------------------------
     def _scan_folder(self) -> None:
-        """Check every file already in the folder: the ones that arrived while we were down."""
+        """Check every entry already in the folder: the ones that arrived while we were down."""
         try:
-            paths = sorted(p for p in self._folder.iterdir() if p.is_file())
+            paths = sorted(self._folder.iterdir())
         except OSError as exc:
             logger.error("cannot list %s: %s", self._folder, exc)
             return
@@ -334,30 +369,116 @@ class WatcherService:
         return True
 
     def _check(self, due: DueCheck) -> None:
-        """Hand a file on only when finished (closed or moved in) or steady for the settle
-        time, and ending in a readable parquet footer."""
+        """Decide an entry once its writer is done (closed, moved in, or steady for the settle
+        time): record a complete month file, quarantine a bad entry, or wait for the writer."""
         path, now = due.path, time.monotonic()
-        signature = FileSignature.of(path)
+        signature = entry_signature(path, self._folder)
         if signature is None:
-            logger.debug("%s is gone", path)
+            self._vanished(path)
             return
         if not due.finished and not self._settled(due, signature, now):
             return
-        if not has_parquet_footer(path):
-            self._count("incomplete")
-            logger.info(
-                "%s: size steady for %.1fs but no readable parquet footer; "
-                "waiting for the writer to finish",
-                path.name,
-                self._settle,
+        steady_since = due.signature_at if signature == due.signature else now
+        try:
+            verdict = inspect_entry(
+                path, self._folder, max_file_bytes=self._settings.max_file_bytes
+            )
+        except OSError as exc:
+            logger.warning(
+                "%s: cannot look at it (%s); will look again on its next change", path, exc
             )
             return
+        match verdict:
+            case Admitted():
+                self._admit(path, signature, now)
+            case Refused(error):
+                self._refuse(error, signature, steady_since)
+            case StillArriving(error):
+                self._wait_for_writer(error, signature, steady_since, now)
+            case Gone():
+                self._vanished(path)
+
+    def _wait_for_writer(
+        self, error: DataValidationError, signature: FileSignature, steady_since: float, now: float
+    ) -> None:
+        """An empty or footer-less month file is refused only once it stayed unchanged for
+        `watch_incomplete_seconds`; a writer that is still writing resets that clock."""
+        self._count("incomplete")
+        if now - steady_since >= self._incomplete:
+            detail = f"{error.detail}; unchanged for {self._incomplete:g}s"
+            self._refuse(
+                DataValidationError(error.path, error.rule, detail), signature, steady_since
+            )
+            return
+        logger.info(
+            "%s: %s; waiting up to %gs for the writer to finish",
+            error.path.name,
+            error.detail,
+            self._incomplete,
+        )
+        self._debouncer.recheck(
+            error.path,
+            at=steady_since + self._incomplete,
+            signature=signature,
+            signature_at=steady_since,
+        )
+
+    def _refuse(
+        self, error: DataValidationError, signature: FileSignature, steady_since: float
+    ) -> None:
+        """Quarantine and record a refused entry; if the quarantine folder cannot be written,
+        leave the entry where it is and try again later."""
+        path, folder = error.path, self._quarantine_dir
+        try:
+            rejection = quarantine_and_record(
+                error, self.ledger, quarantine_dir=folder, by=f"watcher {self._owner}"
+            )
+        except OSError as exc:
+            failures = self._quarantine_failures.get(path, 0) + 1
+            self._quarantine_failures[path] = failures
+            delay = self._backoff.delay(failures)
+            logger.error(
+                "%s breaks rule %s but cannot be moved to %s (%s); left where it is, "
+                "trying again in %.1fs",
+                path,
+                error.rule,
+                folder,
+                exc,
+                delay,
+            )
+            self._debouncer.recheck(
+                path, at=time.monotonic() + delay, signature=signature, signature_at=steady_since
+            )
+            return
+        self._quarantine_failures.pop(path, None)
+        if rejection is not None:
+            self._count("rejected")
+            self._wake.set()  # send its alert now
+
+    def _vanished(self, path: Path) -> None:
+        """An entry gone before it was decided. One the ledger knows is the hand-off's
+        business; one just quarantined was moved by another watcher on this folder."""
+        self._quarantine_failures.pop(path, None)
+        recently = time.time() - _RECENT_REJECTION_SECONDS
+        if any(entry.path == path for entry in self.ledger.entries()) or any(
+            rejection.path == path and rejection.rejected_at.timestamp() > recently
+            for rejection in self.ledger.rejections()
+        ):
+            logger.debug("%s is gone", path)
+            return
+        self._count("vanished")
+        logger.info("%s vanished before it was complete; nothing to train", path)
+
+    def _admit(self, path: Path, signature: FileSignature, now: float) -> None:
         try:
             incoming = describe_incoming(path)
+        except FileNotFoundError:
+            self._vanished(path)
+            return
         except (OSError, DataValidationError) as exc:
             logger.warning("%s: cannot read it (%s); will look again on its next change", path, exc)
             return
-        after = FileSignature.of(path)
+        after = entry_signature(path, self._folder)
         if after != signature:  # written to while we hashed it
             if after is not None:
                 self._debouncer.recheck(
@@ -399,17 +520,25 @@ class WatcherService:
 
     def _hand_off(self, entry: LedgerEntry) -> None:
         try:
-            if not entry.path.is_file():
-                self.ledger.forget(entry.sha256)
-                logger.warning("%s vanished before it was handed off; forgotten", entry.path)
+            path = entry.path if entry.path.is_file() else self._find_renamed(entry)
+            if path is None:
+                self._vanished_before_hand_off(entry)
                 return
+            trip = parse_trip_file(path)
             incoming = IncomingFile(
-                path=entry.path,
-                taxi_type=cast(TaxiType, entry.taxi_type),
-                month=Month.parse(entry.month),
+                path=path,
+                taxi_type=trip.taxi_type,
+                month=trip.month,
                 sha256=entry.sha256,
                 size=entry.size,
             )
+            if path != entry.path:
+                self.ledger.record_seen(incoming)  # follow the rename
+                logger.info(
+                    "%s: renamed to %s while waiting; handing it off under its new name",
+                    entry.path.name,
+                    path.name,
+                )
             try:
                 submission = self._submitter.submit(incoming, runs=entry.runs)
             except Exception as exc:
@@ -421,7 +550,7 @@ class WatcherService:
                 self._count("failed_attempts")
                 logger.warning(
                     "%s: hand-off attempt %d failed, next try in %.1fs: %s",
-                    entry.path.name,
+                    incoming.path.name,
                     attempts,
                     delay,
                     exc,
@@ -434,10 +563,58 @@ class WatcherService:
             self._count("submitted")
             logger.info(
                 "%s: handed to Prefect as flow run %s (%s)",
-                entry.path.name,
+                incoming.path.name,
                 submission.flow_run_name,
                 submission.flow_run_id,
             )
+
+    def _find_renamed(self, entry: LedgerEntry) -> Path | None:
+        """The month file in the folder holding `entry`'s bytes under another name (renamed
+        while it waited, perhaps while no watcher ran), if any."""
+        try:
+            candidates = sorted(self._folder.iterdir())
+        except OSError:
+            return None
+        for candidate in candidates:
+            if self._handler.is_ignored(str(candidate)):
+                continue
+            try:
+                if candidate.is_symlink() or candidate.lstat().st_size != entry.size:
+                    continue
+                parse_trip_file(candidate)
+                if candidate.is_file() and sha256_of(candidate) == entry.sha256:
+                    return candidate
+            except (OSError, DataValidationError):
+                continue
+        return None
+
+    def _vanished_before_hand_off(self, entry: LedgerEntry) -> None:
+        """A recorded month file removed before its hand-off was never trained: a rejection,
+        alerted once, rather than a silent loss. Its bytes count as new if dropped again."""
+        error = DataValidationError(
+            entry.path,
+            ValidationRule.FILE_VANISHED,
+            f"{entry.taxi_type} {entry.month} (sha256 {entry.sha256[:12]}) was removed from "
+            "the incoming folder before it was handed to training",
+        )
+        if record_vanished(error, self.ledger, sha256=entry.sha256) is not None:
+            self._count("rejected")
+            self._wake.set()
+
+    def _record_unrecorded_quarantine(self) -> None:
+        try:
+            self._count(
+                "rejected", len(record_unrecorded_quarantine(self.ledger, self._quarantine_dir))
+            )
+        except Exception:
+            logger.exception("cannot reconcile %s with the ledger", self._quarantine_dir)
+
+    def _send_rejection_alerts(self) -> None:
+        done = send_rejection_alerts(
+            self.ledger, self._submitter, self._backoff, stopping=self._stopping
+        )
+        self._count("alerts_sent", done.sent)
+        self._count("alert_failures", done.failed)
 
     def _poll_runs(self) -> None:
         """Read back the state of every run left `submitted` and record the finished ones."""
@@ -516,6 +693,13 @@ def status_rows(settings: Settings) -> list[LedgerEntry]:
     if not settings.ledger_path.is_file():
         return []
     return Ledger(settings.ledger_path).entries()
+
+
+def rejection_rows(settings: Settings) -> list[Rejection]:
+    """Every entry the watcher refused, oldest first, for `taxiops status`."""
+    if not settings.ledger_path.is_file():
+        return []
+    return Ledger(settings.ledger_path).rejections()
 
 
 def _given(value: float | None, default: float) -> float:

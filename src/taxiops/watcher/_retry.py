@@ -1,0 +1,74 @@
+"""`taxiops retry FILE`: hand a file whose training run failed or crashed to Prefect again.
+
+The ledger entry goes back to `seen` with its run number raised, so the next hand-off
+uses a new idempotency key (`run_key`) and Prefect creates a new flow run; any
+watcher on the ledger (this host or another) picks it up at its next look.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from taxiops.errors import TaxiopsError
+from taxiops.tripfile import sha256_of
+from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry
+
+
+class RetryRefusedError(TaxiopsError):
+    """A file cannot be retried; the message names it, its state and what to do instead."""
+
+    def __init__(self, file: str, detail: str) -> None:
+        self.file = file
+        self.detail = detail
+        super().__init__(f"cannot retry {file}: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.file, self.detail))
+
+
+_REFUSALS: dict[FileState, str] = {
+    FileState.SEEN: "it is already on its way (waiting for a watcher to hand it off)",
+    FileState.SUBMITTED: "it is already on its way (its flow run {run} has not finished)",
+    FileState.SUCCEEDED: "its run {run} succeeded; drop new bytes to train again",
+    FileState.REJECTED: (
+        "it broke a data rule ({detail}); fix the file and drop the fixed bytes: "
+        "they get a run of their own"
+    ),
+}
+
+
+def find_entry(ledger: Ledger, file: str | Path) -> LedgerEntry | None:
+    """The ledger entry of `file`: by its bytes when the path exists, else the newest entry
+    whose file name is `file`'s name."""
+    path = Path(file)
+    if path.is_file():
+        found = ledger.get(sha256_of(path))
+        if found is not None:
+            return found
+    named = [entry for entry in ledger.entries() if entry.path.name == path.name]
+    return max(named, key=lambda entry: entry.seen_at) if named else None
+
+
+def retry_file(ledger: Ledger, file: str | Path) -> LedgerEntry:
+    """Queue a failed or crashed file for a new flow run; returns the updated entry.
+
+    Raises `RetryRefusedError` when the ledger does not know the file or its state
+    cannot be retried (rejected data, a run still on its way, a run that succeeded).
+    """
+    entry = find_entry(ledger, file)
+    if entry is None:
+        raise RetryRefusedError(
+            str(file), f"not in the ledger at {ledger.path}; check TAXIOPS_HOME and the name"
+        )
+    if not entry.state.can_retry:
+        template = _REFUSALS.get(entry.state, "it is {state}")
+        raise RetryRefusedError(
+            entry.path.name,
+            template.format(
+                run=entry.flow_run_id or "-", detail=entry.detail or "-", state=entry.state
+            ),
+        )
+    retried = ledger.retry(entry.sha256, reason=f"retry requested after {entry.state}")
+    if retried is None:  # another process moved it meanwhile
+        raise RetryRefusedError(entry.path.name, "its state changed meanwhile; try again")
+    return retried
