@@ -115,9 +115,16 @@ def _announce(ready: ServiceReady) -> None:
     api = ready.api
     where = "local server (SQLite under TAXIOPS_HOME)" if api.local else "existing server"
     print(f"taxiops is up — Prefect UI: {api.ui_url}  ({where})", flush=True)
-    print(
-        f"  watching {ready.incoming_dir} for <green|yellow>_tripdata_YYYY-MM.parquet", flush=True
-    )
+    if ready.watching:
+        print(
+            f"  watching {ready.incoming_dir} for <green|yellow>_tripdata_YYYY-MM.parquet",
+            flush=True,
+        )
+    else:
+        print(
+            f"  not watching (--no-watch): run `taxiops watch` with PREFECT_API_URL={api.api_url}",
+            flush=True,
+        )
     print(f"  serving {', '.join(ready.deployments)}", flush=True)
     report = ready.automations
     print(
@@ -129,13 +136,21 @@ def _announce(ready: ServiceReady) -> None:
 
 
 @app.command()
-def up() -> None:
+def up(
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch/--no-watch",
+            help="Run the watcher in this process; --no-watch leaves it to `taxiops watch`.",
+        ),
+    ] = True,
+) -> None:
     """Start everything: Prefect server (unless PREFECT_API_URL is set), deployments, automations, watcher."""
     from taxiops.service import run_service
     from taxiops.settings import load_settings
 
     _show_taxiops_logs()
-    run_service(load_settings(), on_ready=_announce)
+    run_service(load_settings(), watch=watch, on_ready=_announce)
     print("taxiops stopped.", flush=True)
 
 
@@ -203,6 +218,36 @@ def watch() -> None:
     settings = load_settings()
     settings.incoming_dir.mkdir(parents=True, exist_ok=True)
     WatcherService(settings, PrefectSubmitter.from_settings(settings)).run_forever()
+
+
+@app.command()
+def retry(
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="The month file: a path (found by its bytes) or a file name (its newest entry)."
+        ),
+    ],
+) -> None:
+    """Hand a file whose training run failed or crashed to Prefect again, as a new run."""
+    from taxiops.settings import load_settings
+    from taxiops.watcher import Ledger, retry_file
+
+    settings = load_settings()
+    if not settings.ledger_path.is_file():
+        typer.secho(
+            f"cannot retry {file}: no ledger at {settings.ledger_path}; check TAXIOPS_HOME",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(2)
+    retried = retry_file(Ledger(settings.ledger_path), file)
+    print(
+        f"{retried.path.name}: queued as run {retried.runs} "
+        f"(sha256 {retried.sha256[:12]}); a running watcher hands it to Prefect within "
+        "a second or so, else the next `taxiops up` or `taxiops watch` does",
+        flush=True,
+    )
 
 
 @app.command()

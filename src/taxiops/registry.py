@@ -39,6 +39,12 @@ IDENTITY_FILE = ".registry-id"
 
 Scorer = Callable[["ModelVersion"], "Metrics"]
 
+# What a user who meets a failed registry write should know and do.
+_WRITE_FAILED_HINT = (
+    "production is unchanged; free space or make the folder writable, "
+    "then `taxiops retry` the month file"
+)
+
 
 @dataclass(frozen=True)
 class RegistryRef:
@@ -212,7 +218,9 @@ class ModelRegistry:
                 _fsync_dir(folder)
             except OSError as exc:
                 shutil.rmtree(staging, ignore_errors=True)
-                raise RegistryError(folder, f"cannot write version v{number:04d}: {exc}") from exc
+                raise RegistryError(
+                    folder, f"cannot write version v{number:04d}: {exc}; {_WRITE_FAILED_HINT}"
+                ) from exc
         return self.version(card.taxi_type, number)
 
     def promote_if_better(
@@ -250,7 +258,9 @@ class ModelRegistry:
             try:
                 _write_json_durably(path, record)
             except OSError as exc:
-                raise RegistryError(path, f"cannot promote {challenger.name}: {exc}") from exc
+                raise RegistryError(
+                    path, f"cannot promote {challenger.name}: {exc}; {_WRITE_FAILED_HINT}"
+                ) from exc
         return Promotion(True, reason, challenger.name)
 
     def ref(self) -> RegistryRef:
@@ -273,7 +283,9 @@ class ModelRegistry:
             folder.mkdir(parents=True, exist_ok=True)
             handle = (folder / LOCK_FILE).open("a")
         except OSError as exc:
-            raise RegistryError(folder, f"cannot open the registry: {exc}") from exc
+            raise RegistryError(
+                folder, f"cannot open the registry: {exc}; {_WRITE_FAILED_HINT}"
+            ) from exc
         with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

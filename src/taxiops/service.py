@@ -1,9 +1,14 @@
 """`taxiops up`: a Prefect server, the served deployments, the automations and the watcher,
-in one process tree, until Ctrl-C or SIGTERM stops them all."""
+in one process tree, until Ctrl-C or SIGTERM stops them all.
+
+`taxiops up --no-watch` leaves the watcher out, so it can run as its own `taxiops watch`
+process (next to the files); the two meet only through the Prefect API.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -11,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prefect.client.orchestration import get_client
+from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
 from taxiops.alerting import ApplyReport, set_up_alerting
@@ -19,6 +25,8 @@ from taxiops.errors import TaxiopsError
 from taxiops.server import LocalPrefectServer, is_healthy, ui_url_for
 from taxiops.settings import Settings
 from taxiops.watcher import PrefectSubmitter, WatcherService
+
+logger = logging.getLogger("taxiops.service")
 
 
 class PrefectApiError(TaxiopsError):
@@ -42,6 +50,7 @@ class ServiceReady:
     automations: ApplyReport
     incoming_dir: str
     deployments: list[str]
+    watching: bool = True  # False with `--no-watch`: a `taxiops watch` elsewhere hands files off
 
 
 @contextmanager
@@ -84,19 +93,25 @@ def prefect_api(settings: Settings) -> Iterator[PrefectApi]:
 def run_service(
     settings: Settings,
     *,
+    watch: bool = True,
     slack_webhook_url: str | None = None,
     on_ready: Callable[[ServiceReady], None] | None = None,
 ) -> None:
-    """Run everything until Ctrl-C or SIGTERM; then stop the watcher, the runner and the server."""
+    """Run everything until Ctrl-C or SIGTERM; then stop the watcher, the runner and the server.
+
+    `watch=False` serves the deployments and applies the automations only."""
+    quiet_runner_polls()
     settings.home.mkdir(parents=True, exist_ok=True)
-    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+    if watch:
+        settings.incoming_dir.mkdir(parents=True, exist_ok=True)
     with prefect_api(settings) as api:
-        asyncio.run(_serve(settings, api, slack_webhook_url, on_ready))
+        asyncio.run(_serve(settings, api, watch, slack_webhook_url, on_ready))
 
 
 async def _serve(
     settings: Settings,
     api: PrefectApi,
+    watch: bool,
     slack_webhook_url: str | None,
     on_ready: Callable[[ServiceReady], None] | None,
 ) -> None:
@@ -111,9 +126,11 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    watcher = WatcherService(settings, PrefectSubmitter(api.api_url))
-    watcher.start()
-    serving = asyncio.create_task(runner.start())
+    watcher = WatcherService(settings, PrefectSubmitter(api.api_url)) if watch else None
+    if watcher is not None:
+        watcher.start()
+    supervisor = RunnerSupervisor(settings, api.api_url, runner)
+    serving = asyncio.create_task(supervisor.serve(stop))
     try:
         if on_ready is not None:
             on_ready(
@@ -122,15 +139,127 @@ async def _serve(
                     automations=automations,
                     incoming_dir=str(settings.incoming_dir),
                     deployments=[f"{d.flow_name}/{d.name}" for d in deployments],
+                    watching=watcher is not None,
                 )
             )
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        await asyncio.to_thread(watcher.stop)
-        if runner.started:
-            await runner.astop()
+        stop.set()
+        if watcher is not None:
+            await asyncio.to_thread(watcher.stop)
+        await supervisor.astop()
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+class RunnerSupervisor:
+    """Keeps a Prefect Runner serving the deployments through Prefect API outages.
+
+    A runner rides out a short outage by itself: its client retries each request for
+    about a minute (2 + 4 + 8 + 16 + 32 s), and its poll loop gives up only after three
+    such rounds fail in a row (`critical_service_loop`), about three minutes. A client
+    that never reached the API retries no refused connection, so a runner that had not
+    polled yet gives up within seconds. Either way `Runner.start()` raises and, left
+    alone, `taxiops up` would end as if stopped by Ctrl-C, with exit code 0.
+    The supervisor then waits for the API to answer and serves again with a new runner.
+    Runs the old runner had in flight may be cut short with it; a run whose heartbeats
+    stop is marked Crashed by the "silent run" automation, and the watcher retries
+    crashed runs (`TAXIOPS_RETRY_CRASHED_RUNS`).
+    """
+
+    def __init__(
+        self, settings: Settings, api_url: str, runner: Runner, *, health_every: float = 0.5
+    ) -> None:
+        self._settings = settings
+        self._api_url = api_url
+        self._health_every = health_every
+        self.runner = runner
+        self.restarts = 0
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, starting a new runner whenever one gives up."""
+        while not stop.is_set():
+            try:
+                await self.runner.start()
+                reason = "its poll loop ended"
+            except Exception as exc:
+                reason = _describe(exc)
+            if stop.is_set():
+                return
+            logger.warning(
+                "the Prefect runner stopped (%s); serving again once %s answers",
+                reason,
+                self._api_url,
+            )
+            runner = await self._new_runner(stop)
+            if runner is None:
+                return
+            self.runner = runner
+            self.restarts += 1
+            logger.info("serving the deployments again (runner restart %d)", self.restarts)
+
+    async def _new_runner(self, stop: asyncio.Event) -> Runner | None:
+        """A runner holding the deployments, once the API answers; None if stopped first."""
+        while await self._wait_for_api(stop):
+            try:
+                runner, _ = await start_serving(self._settings)
+                return runner
+            except Exception as exc:  # answered /health, yet not ready (503) or gone again
+                logger.warning("cannot serve the deployments yet: %s", _describe(exc))
+            if await _stopped_within(stop, self._health_every):
+                break
+        return None
+
+    async def astop(self) -> None:
+        """Stop the current runner (and cancel its runs, as `Runner.astop` does)."""
+        if self.runner.started:
+            await self.runner.astop()
+
+    async def _wait_for_api(self, stop: asyncio.Event) -> bool:
+        """Wait until the API answers (True) or `stop` is set (False)."""
+        while not await asyncio.to_thread(is_healthy, self._api_url):
+            if await _stopped_within(stop, self._health_every):
+                return False
+        return not stop.is_set()
+
+
+class _LogOnChange(logging.Filter):
+    """Lets a repeated log line through only when its arguments change."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self._message = message
+        self._last: object = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self._message:
+            return True
+        changed = record.args != self._last
+        self._last = record.args
+        return changed
+
+
+def quiet_runner_polls() -> None:
+    """The runner logs "N scheduled runs skipped (at capacity)" at every poll (ten a second
+    with `TAXIOPS_RUNNER_POLL_SECONDS=0.1`) while a burst waits; log it when N changes."""
+    runner_logger = logging.getLogger("prefect.runner")
+    if not any(isinstance(f, _LogOnChange) for f in runner_logger.filters):
+        runner_logger.addFilter(_LogOnChange("%d scheduled runs skipped (at capacity)"))
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message` of the first real error inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,7 +20,15 @@ from taxiops.ml import (
     train_model,
     write_synth_month,
 )
-from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, should_promote
+from taxiops.ml.model import BOOSTER_FILE, ENCODER_FILE, MODEL_FILE
+from taxiops.registry import (
+    CARD_FILE,
+    PRODUCTION_FILE,
+    ModelCard,
+    ModelRegistry,
+    ModelVersion,
+    should_promote,
+)
 from taxiops.tripfile import Month, parse_trip_file
 
 
@@ -216,3 +226,84 @@ def test_card_round_trips(tmp_path: Path, model: DurationModel) -> None:
     original = card("a")
     version = registry.register(model, original)
     assert replace(version.card, created_at=original.created_at) == original
+
+
+# --- a full disk at every write --------------------------------------------------------
+# The fallback of tests/e2e/test_fault_registry.py (a real full tmpfs, which needs root
+# and mount): ENOSPC is injected where each registry file lands (the rename of its
+# temp file), so atomicity is tested on every machine.
+def fill_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make the write of `name` (its temp file's rename into place) fail with ENOSPC."""
+    real_replace, real_rename = os.replace, os.rename
+
+    def check(destination: str | os.PathLike[str]) -> None:
+        if Path(destination).name == name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination))
+
+    def replace(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+        check(destination)
+        real_replace(source, destination)
+
+    def rename(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+        check(destination)
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", rename)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Staging folders and temp files a failed write must not leave behind."""
+    return [
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.name.startswith(".staging-") or p.name.endswith(".tmp")
+    ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [ENCODER_FILE, BOOSTER_FILE, MODEL_FILE, CARD_FILE, "v0002"],
+    ids=["encoder", "booster", "model-meta", "card", "version-rename"],
+)
+def test_a_full_disk_while_registering_leaves_production_intact(
+    tmp_path: Path, model: DurationModel, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    v1 = registry.register(model, card("a"))
+    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
+    before = snapshot(tmp_path)
+    fill_disk_at(monkeypatch, name)
+
+    with pytest.raises(RegistryError, match="No space left on device") as raised:
+        registry.register(model, card("b"))
+
+    assert raised.value.location == tmp_path / "green"
+    assert snapshot(tmp_path) == before
+    assert not leftovers(tmp_path)
+    assert [v.name for v in registry.versions("green")] == ["v0001"]
+
+
+def test_a_full_disk_while_promoting_leaves_production_intact(
+    tmp_path: Path, model: DurationModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    v1 = registry.register(model, card("a"))
+    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
+    v2 = registry.register(model, card("b"))
+    before = snapshot(tmp_path)
+    fill_disk_at(monkeypatch, PRODUCTION_FILE)
+
+    with pytest.raises(RegistryError, match="cannot promote v0002.*No space left on device"):
+        registry.promote_if_better(
+            v2, m(4.0), champion=v1, champion_metrics=m(5.0), rescore=scores()
+        )
+
+    assert snapshot(tmp_path) == before
+    assert not leftovers(tmp_path)
+    production = registry.production("green")
+    assert production is not None and production.name == "v0001"

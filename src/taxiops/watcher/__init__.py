@@ -27,6 +27,7 @@ from taxiops.watcher._incoming import (
     has_parquet_footer,
 )
 from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry, Rejection, run_key
+from taxiops.watcher._retry import RetryRefusedError, retry_file
 from taxiops.watcher._service import WatcherService, WatcherStats, rejection_rows, status_rows
 from taxiops.watcher._submitter import (
     HandOffError,
@@ -57,6 +58,7 @@ __all__ = [
     "PrefectUnreachableError",
     "Refused",
     "Rejection",
+    "RetryRefusedError",
     "RunOutcome",
     "RunStatus",
     "StillArriving",
@@ -72,6 +74,7 @@ __all__ = [
     "inspect_entry",
     "outcome_from_state",
     "rejection_rows",
+    "retry_file",
     "run_key",
     "status_rows",
 ]

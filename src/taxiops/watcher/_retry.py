@@ -42,9 +42,7 @@ def find_entry(ledger: Ledger, file: str | Path) -> LedgerEntry | None:
     whose file name is `file`'s name."""
     path = Path(file)
     if path.is_file():
-        found = ledger.get(sha256_of(path))
-        if found is not None:
-            return found
+        return ledger.get(sha256_of(path))
     named = [entry for entry in ledger.entries() if entry.path.name == path.name]
     return max(named, key=lambda entry: entry.seen_at) if named else None
 
@@ -52,14 +50,18 @@ def find_entry(ledger: Ledger, file: str | Path) -> LedgerEntry | None:
 def retry_file(ledger: Ledger, file: str | Path) -> LedgerEntry:
     """Queue a failed or crashed file for a new flow run; returns the updated entry.
 
-    Raises `RetryRefusedError` when the ledger does not know the file or its state
-    cannot be retried (rejected data, a run still on its way, a run that succeeded).
+    Raises `RetryRefusedError` when the ledger does not know the file (or, for a path,
+    its current bytes) or its state cannot be retried (rejected data, a run still on
+    its way, a run that succeeded).
     """
     entry = find_entry(ledger, file)
     if entry is None:
-        raise RetryRefusedError(
-            str(file), f"not in the ledger at {ledger.path}; check TAXIOPS_HOME and the name"
+        detail = (
+            "its bytes are not in the ledger: a watcher hands new bytes off on its own"
+            if Path(file).is_file()
+            else f"not in the ledger at {ledger.path}; check TAXIOPS_HOME and the name"
         )
+        raise RetryRefusedError(str(file), detail)
     if not entry.state.can_retry:
         template = _REFUSALS.get(entry.state, "it is {state}")
         raise RetryRefusedError(

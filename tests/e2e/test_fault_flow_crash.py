@@ -1,0 +1,147 @@
+"""A flow run's process killed mid-training: Crashed, alerted, production untouched, retried.
+
+Against the session server: one `taxiops up --no-watch` (the runner, alerts to a local
+Slack inbox) for the module; each test runs its own `taxiops watch`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prefect.client.schemas.objects import FlowRun
+
+from taxiops.notify import InboxMessage, SlackInbox
+from taxiops.server import LocalPrefectServer
+from taxiops.watcher import FileState
+from tests.e2e.harness import (
+    UP_READY,
+    WATCH_READY,
+    Site,
+    TaxiopsProcess,
+    discard_scheduled_runs,
+    flow_run_processes,
+    runs_by_file,
+    task_runs_of,
+    wait_until,
+    wait_until_each_ran_once,
+    wait_until_finished,
+)
+
+# Training on this many synthetic trips lasts 1.5-2 s on one idle core: long enough to
+# see the train task Running on the server and kill the run inside it.
+BIG_ROWS = 400_000
+RUN_TIMEOUT = 120.0
+TRAIN_TASK = "train-challenger"
+
+
+@dataclass
+class Runner:
+    site: Site
+    process: TaxiopsProcess
+    inbox: SlackInbox
+
+
+@pytest.fixture(scope="module")
+def runner(
+    prefect_server: LocalPrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runner]:
+    discard_scheduled_runs(prefect_server.api_url)
+    with SlackInbox(echo=False) as inbox:
+        site = Site(
+            tmp_path_factory.mktemp("runner"),
+            api_url=prefect_server.api_url,
+            slack_webhook_url=inbox.url,
+        )
+        with site.start("up", "--no-watch") as up:
+            up.wait_for_log(UP_READY)
+            yield Runner(site, up, inbox)
+
+
+def the_run_of(api_url: str, path: Path) -> FlowRun | None:
+    runs = runs_by_file(api_url, [path])[path]
+    return runs[-1] if runs else None
+
+
+def kill_while_training(runner: Runner, path: Path) -> FlowRun:
+    """Wait until the file's run is inside its train task, then SIGKILL the run's process."""
+    api_url = runner.site.api_url
+    run = wait_until(lambda: the_run_of(api_url, path), RUN_TIMEOUT, f"a run of {path.name}")
+
+    def training() -> bool:
+        return any(
+            t.name.startswith(TRAIN_TASK) and t.state is not None and t.state.is_running()
+            for t in task_runs_of(api_url, run.id)
+        )
+
+    wait_until(training, RUN_TIMEOUT, f"{run.name} to be training", every=0.1)
+    processes = flow_run_processes(run.id)
+    assert len(processes) == 1, f"one process of flow run {run.id} expected: {processes}"
+    os.kill(processes[0], signal.SIGKILL)
+    return run
+
+
+def crash_alert(inbox: SlackInbox, run: FlowRun) -> InboxMessage | None:
+    for message in inbox.messages:
+        if "crashed" in (message.header or "").lower() and run.name in (message.text or ""):
+            return message
+    return None
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_flow_run_killed_mid_training_is_crashed_alerted_and_retried_by_hand(
+    runner: Runner, tmp_path: Path
+) -> None:
+    api_url = runner.site.api_url
+    site = Site(tmp_path, api_url, env={"TAXIOPS_RETRY_CRASHED_RUNS": "0"})
+    models = runner.site.home / "models" / "green"
+    with site.start("watch") as watcher:
+        watcher.wait_for_log(WATCH_READY)
+        earlier = site.drop("green", "2023-01", rows=BIG_ROWS)
+        wait_until_each_ran_once(api_url, [earlier], timeout=RUN_TIMEOUT, settle=0)
+        production = files_of(models)
+        assert "production.json" in production
+
+        crashing = site.drop("green", "2023-02")  # trains on the big 2023-01
+        run = kill_while_training(runner, crashing)
+
+        crashed = wait_until_finished(api_url, [crashing], RUN_TIMEOUT)[crashing]
+        assert [r.state_name for r in crashed] == ["Crashed"]
+        alert = wait_until(lambda: crash_alert(runner.inbox, run), 60, "the crash alert")
+        assert str(run.id) in " ".join(alert.button_urls)
+        assert site.wait_for_state(crashing, FileState.CRASHED).runs == 1
+        assert files_of(models) == production, "a crashed run must not touch the registry"
+
+        retried = site.run("retry", crashing.name)
+        assert retried.returncode == 0, retried.stderr
+        assert "run 2" in retried.stdout
+        runs = wait_until_finished(api_url, [crashing], RUN_TIMEOUT, runs_per_file=2)[crashing]
+        entry = site.wait_for_state(crashing, FileState.SUCCEEDED)
+
+    assert [r.state_name for r in runs] == ["Crashed", "Completed"]
+    assert runs[1].name.endswith("-run2")
+    assert (entry.runs, entry.flow_run_id) == (2, str(runs[1].id))
+    again = site.run("retry", str(crashing))
+    assert again.returncode == 2 and "succeeded" in again.stderr
+
+
+def test_a_crashed_run_is_handed_off_again_on_its_own(runner: Runner, tmp_path: Path) -> None:
+    api_url = runner.site.api_url
+    site = Site(tmp_path, api_url, env={"TAXIOPS_RETRY_CRASHED_RUNS": "1"})
+    with site.start("watch") as watcher:
+        watcher.wait_for_log(WATCH_READY)
+        crashing = site.drop("yellow", "2023-01", rows=BIG_ROWS)  # trains on 80% of itself
+        kill_while_training(runner, crashing)
+        runs = wait_until_finished(api_url, [crashing], RUN_TIMEOUT, runs_per_file=2)[crashing]
+        entry = site.wait_for_state(crashing, FileState.SUCCEEDED)
+        watcher.wait_for_log("automatic retry 1 of 1")
+
+    assert [r.state_name for r in runs] == ["Crashed", "Completed"]
+    assert entry.runs == 2
