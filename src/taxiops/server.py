@@ -61,6 +61,12 @@ class LocalPrefectServer:
     def ui_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The server process, while it runs."""
+        process = self._process
+        return None if process is None or process.poll() is not None else process.pid
+
     def start(self, timeout: float = _HEALTH_TIMEOUT_SECONDS) -> None:
         """Start the server and wait until `/api/health` answers."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
