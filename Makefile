@@ -9,8 +9,10 @@ STAMP := $(VENV)/.installed
 demo: $(STAMP)
 	$(BIN)/taxiops demo
 
+# Two workers, one test file each at a time (module fixtures such as a served `taxiops up`
+# stay in one worker); each worker starts its own Prefect server.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests flows bench

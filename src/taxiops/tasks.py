@@ -27,7 +27,7 @@ from prefect.utilities.hashing import hash_objects
 
 import taxiops
 from taxiops import ml
-from taxiops.errors import TaxiopsError
+from taxiops.errors import DataValidationError, TaxiopsError, ValidationRule
 from taxiops.lineage import FingerprintedFile, MonthData, TrainedModel, model_key
 from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, Promotion, RegistryRef
 from taxiops.settings import Settings
@@ -160,13 +160,21 @@ def load_month(
     max_minutes: float,
     max_outside_month_share: float,
 ) -> MonthData:
-    """Read, validate and prepare a month file."""
-    trips = ml.load_trips(
-        file.trip,
-        min_minutes=min_minutes,
-        max_minutes=max_minutes,
-        max_outside_month_share=max_outside_month_share,
-    )
+    """Read, validate and prepare a month file; one removed since it was hashed is rejected
+    (`file-vanished`), not retried."""
+    try:
+        trips = ml.load_trips(
+            file.trip,
+            min_minutes=min_minutes,
+            max_minutes=max_minutes,
+            max_outside_month_share=max_outside_month_share,
+        )
+    except FileNotFoundError:
+        raise DataValidationError(
+            file.path,
+            ValidationRule.FILE_VANISHED,
+            f"removed from {file.path.parent} after the run fingerprinted it",
+        ) from None
     rules = f"{min_minutes}-{max_minutes}:outside-{max_outside_month_share}"
     return MonthData(file=file, trips=trips, part="all", rules=rules)
 

@@ -18,7 +18,14 @@ from taxiops.quarantine import read_reason
 from taxiops.server import LocalPrefectServer
 from taxiops.tripfile import Month
 from tests.bad_input import BAD_KINDS, BadKind
-from tests.e2e.harness import UP_READY, Site, TaxiopsProcess, wait_until
+from tests.e2e.harness import (
+    HANDED_OFF,
+    UP_READY,
+    Site,
+    TaxiopsProcess,
+    discard_scheduled_runs,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -50,6 +57,7 @@ class Service:
 def service(
     prefect_server: LocalPrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
+    discard_scheduled_runs(prefect_server.api_url)  # left by tests with no runner
     # Spaces and non-ASCII in the folder path too: nothing on the way may choke on them.
     root = tmp_path_factory.mktemp("bad input ünïcode")
     with SlackInbox(echo=False) as inbox:
@@ -116,3 +124,29 @@ def test_each_rejection_alerts_once_and_good_months_still_train(service: Service
         line for line in service.up.log(all_runs=True).splitlines() if "ERROR   | taxiops" in line
     ]
     assert not watcher_errors, watcher_errors
+
+
+def test_a_file_deleted_right_after_it_landed_alerts_once_and_nothing_is_kept(
+    service: Service,
+) -> None:
+    """Deleted between its event and its processing: whether the watcher (before the
+    hand-off) or the run (after it) finds it gone, one file-vanished alert, nothing kept."""
+    handed_before = service.up.log(all_runs=True).count(HANDED_OFF)
+    path = service.site.drop("yellow", "2041-01")
+    # Remove it the moment the watcher takes it: before the run's process reads it.
+    wait_until(
+        lambda: (
+            service.up.log(all_runs=True).count(HANDED_OFF) > handed_before or not path.exists()
+        ),
+        ALERT_TIMEOUT,
+        f"the hand-off of {path.name}",
+        every=0.02,
+    )
+    path.unlink(missing_ok=True)
+
+    [alert] = wait_until(
+        lambda: service.rejection_alerts(path.name), ALERT_TIMEOUT, f"alert for {path.name}"
+    )
+    message = next(m for m in service.inbox.messages if m.header == alert)
+    assert "file-vanished" in message.describe()
+    assert not (service.quarantine / path.name).exists()

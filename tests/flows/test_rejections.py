@@ -238,3 +238,19 @@ def test_a_bad_training_month_named_by_the_caller_rejects_the_run(
     assert (state.message or "").startswith(f"{months['2023-02'].name}: missing-column")
     assert good.is_file() and not months["2023-02"].exists()
     assert read_reason(settings.quarantine_dir / months["2023-02"].name)["rule"] == "missing-column"
+
+
+def test_a_file_removed_after_it_was_fingerprinted_is_rejected_not_retried(
+    settings: Settings, months: dict[str, Path]
+) -> None:
+    from taxiops import tasks
+    from taxiops.lineage import FingerprintedFile
+
+    fingerprinted = FingerprintedFile.of(months["2023-02"])
+    months["2023-02"].unlink()
+
+    with pytest.raises(DataValidationError) as raised:
+        tasks.load_month.fn(fingerprinted, 1.0, 60.0, 0.05)
+
+    assert raised.value.rule is ValidationRule.FILE_VANISHED
+    assert not tasks.is_transient(raised.value)

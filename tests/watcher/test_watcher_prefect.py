@@ -48,14 +48,16 @@ def stand_in_training_flow(new_file: str, expected_sha256: str | None = None) ->
 
 
 @pytest.fixture(scope="module")
-def api_url(prefect_server: LocalPrefectServer) -> str:
-    """The session server, with the training deployment present (a stand-in if missing)."""
+def api_url(prefect_server: LocalPrefectServer) -> Iterator[str]:
+    """The session server, with the training deployment present (a stand-in if missing,
+    deleted again afterwards: a runner serving the real one must not inherit it)."""
+    created = None
     with SyncPrefectClient(prefect_server.api_url) as client:
         try:
             client.read_deployment_by_name(events.TRAIN_DEPLOYMENT_FULL)
         except ObjectNotFound:
             flow_id = client.create_flow(stand_in_training_flow)
-            client.create_deployment(
+            created = client.create_deployment(
                 flow_id,
                 events.TRAIN_DEPLOYMENT,
                 # Enforced, so a hand-off with the wrong parameter names fails loudly.
@@ -64,7 +66,10 @@ def api_url(prefect_server: LocalPrefectServer) -> str:
                 ).model_dump_for_openapi(),
                 enforce_parameter_schema=True,
             )
-    return prefect_server.api_url
+    yield prefect_server.api_url
+    if created is not None:
+        with SyncPrefectClient(prefect_server.api_url) as client:
+            client.delete_deployment(created)
 
 
 @pytest.fixture
