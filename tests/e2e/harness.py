@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun, TaskRun
 
+    from taxiops.notify import SlackInbox
     from taxiops.watcher import FileState, Ledger, LedgerEntry
 
 T = TypeVar("T")
@@ -174,6 +176,32 @@ class Site:
             text=True,
             timeout=timeout,
         )
+
+
+@dataclass
+class ServedSite:
+    """`taxiops up` running on a site, alerting a local Slack-compatible inbox."""
+
+    site: Site
+    up: TaxiopsProcess
+    inbox: SlackInbox
+
+
+@contextmanager
+def served_site(
+    api_url: str, root: Path, *up_args: str, env: dict[str, str] | None = None
+) -> Iterator[ServedSite]:
+    """`taxiops up <up_args>` on a new site under `root` against `api_url`, alerting a new
+    local inbox, once it is up. Scheduled runs other tests left on the server are deleted
+    first, so this runner does not execute them."""
+    from taxiops.notify import SlackInbox
+
+    discard_scheduled_runs(api_url)
+    with SlackInbox(echo=False) as inbox:
+        site = Site(root, api_url=api_url, slack_webhook_url=inbox.url, env=env or {})
+        with site.start("up", *up_args) as up:
+            up.wait_for_log(UP_READY)
+            yield ServedSite(site, up, inbox)
 
 
 class TaxiopsProcess:

@@ -13,17 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from taxiops.notify import SlackInbox
 from taxiops.quarantine import read_reason
 from taxiops.server import LocalPrefectServer
 from taxiops.tripfile import Month
 from tests.bad_input import BAD_KINDS, BadKind
 from tests.e2e.harness import (
     HANDED_OFF,
-    UP_READY,
-    Site,
-    TaxiopsProcess,
-    discard_scheduled_runs,
+    ServedSite,
+    served_site,
     wait_until,
 )
 
@@ -33,13 +30,8 @@ ALERT_TIMEOUT = 90.0
 REJECTED_HEADER = "File rejected"
 
 
-class Service:
-    """`taxiops up` on one site, alerting one inbox."""
-
-    def __init__(self, site: Site, up: TaxiopsProcess, inbox: SlackInbox) -> None:
-        self.site = site
-        self.up = up
-        self.inbox = inbox
+class Service(ServedSite):
+    """`taxiops up` (with its watcher) on one site, alerting one inbox."""
 
     @property
     def quarantine(self) -> Path:
@@ -57,22 +49,16 @@ class Service:
 def service(
     prefect_server: LocalPrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
-    discard_scheduled_runs(prefect_server.api_url)  # left by tests with no runner
     # Spaces and non-ASCII in the folder path too: nothing on the way may choke on them.
-    root = tmp_path_factory.mktemp("bad input ünïcode")
-    with SlackInbox(echo=False) as inbox:
-        site = Site(
-            root,
-            api_url=prefect_server.api_url,
-            slack_webhook_url=inbox.url,
-            env={
-                "TAXIOPS_MAX_FILE_BYTES": str(32 * 1024**2),
-                "TAXIOPS_WATCH_INCOMPLETE_SECONDS": "1",
-            },
-        )
-        with site.start("up", name="up") as up:
-            up.wait_for_log(UP_READY)
-            yield Service(site, up, inbox)
+    with served_site(
+        prefect_server.api_url,
+        tmp_path_factory.mktemp("bad input ünïcode"),
+        env={
+            "TAXIOPS_MAX_FILE_BYTES": str(32 * 1024**2),
+            "TAXIOPS_WATCH_INCOMPLETE_SECONDS": "1",
+        },
+    ) as served:
+        yield Service(served.site, served.up, served.inbox)
 
 
 @pytest.mark.parametrize("kind", list(BAD_KINDS.values()), ids=list(BAD_KINDS))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,12 @@ from taxiops.notify import InboxMessage, SlackInbox
 from taxiops.server import LocalPrefectServer
 from taxiops.watcher import FileState
 from tests.e2e.harness import (
-    UP_READY,
     WATCH_READY,
+    ServedSite,
     Site,
-    TaxiopsProcess,
-    discard_scheduled_runs,
     flow_run_processes,
     runs_by_file,
+    served_site,
     task_runs_of,
     wait_until,
     wait_until_each_ran_once,
@@ -39,27 +37,14 @@ RUN_TIMEOUT = 120.0
 TRAIN_TASK = "train-challenger"
 
 
-@dataclass
-class Runner:
-    site: Site
-    process: TaxiopsProcess
-    inbox: SlackInbox
-
-
 @pytest.fixture(scope="module")
 def runner(
     prefect_server: LocalPrefectServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Runner]:
-    discard_scheduled_runs(prefect_server.api_url)
-    with SlackInbox(echo=False) as inbox:
-        site = Site(
-            tmp_path_factory.mktemp("runner"),
-            api_url=prefect_server.api_url,
-            slack_webhook_url=inbox.url,
-        )
-        with site.start("up", "--no-watch") as up:
-            up.wait_for_log(UP_READY)
-            yield Runner(site, up, inbox)
+) -> Iterator[ServedSite]:
+    with served_site(
+        prefect_server.api_url, tmp_path_factory.mktemp("runner"), "--no-watch"
+    ) as served:
+        yield served
 
 
 def the_run_of(api_url: str, path: Path) -> FlowRun | None:
@@ -67,7 +52,7 @@ def the_run_of(api_url: str, path: Path) -> FlowRun | None:
     return runs[-1] if runs else None
 
 
-def kill_while_training(runner: Runner, path: Path) -> FlowRun:
+def kill_while_training(runner: ServedSite, path: Path) -> FlowRun:
     """Wait until the file's run is inside its train task, then SIGKILL the run's process."""
     api_url = runner.site.api_url
     run = wait_until(lambda: the_run_of(api_url, path), RUN_TIMEOUT, f"a run of {path.name}")
@@ -97,7 +82,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 def test_flow_run_killed_mid_training_is_crashed_alerted_and_retried_by_hand(
-    runner: Runner, tmp_path: Path
+    runner: ServedSite, tmp_path: Path
 ) -> None:
     api_url = runner.site.api_url
     site = Site(tmp_path, api_url, env={"TAXIOPS_RETRY_CRASHED_RUNS": "0"})
@@ -132,7 +117,7 @@ def test_flow_run_killed_mid_training_is_crashed_alerted_and_retried_by_hand(
     assert again.returncode == 2 and "succeeded" in again.stderr
 
 
-def test_a_crashed_run_is_handed_off_again_on_its_own(runner: Runner, tmp_path: Path) -> None:
+def test_a_crashed_run_is_handed_off_again_on_its_own(runner: ServedSite, tmp_path: Path) -> None:
     api_url = runner.site.api_url
     site = Site(tmp_path, api_url, env={"TAXIOPS_RETRY_CRASHED_RUNS": "1"})
     with site.start("watch") as watcher:

@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from taxiops.notify import SlackInbox
 from taxiops.server import LocalPrefectServer
 from taxiops.tripfile import TaxiType
 from taxiops.watcher import FileState
 from tests.e2e.harness import (
     HANDED_OFF,
-    UP_READY,
     WATCH_READY,
     Site,
     TaxiopsProcess,
-    discard_scheduled_runs,
+    served_site,
     wait_until,
     wait_until_each_ran_once,
 )
@@ -37,16 +35,8 @@ def api_url(
     prefect_server: LocalPrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The session server, with `taxiops up --no-watch` serving the deployments."""
-    discard_scheduled_runs(prefect_server.api_url)
-    with SlackInbox(echo=False) as inbox:
-        site = Site(
-            tmp_path_factory.mktemp("runner"),
-            api_url=prefect_server.api_url,
-            slack_webhook_url=inbox.url,
-        )
-        with site.start("up", "--no-watch") as up:
-            up.wait_for_log(UP_READY)
-            yield prefect_server.api_url
+    with served_site(prefect_server.api_url, tmp_path_factory.mktemp("runner"), "--no-watch"):
+        yield prefect_server.api_url
 
 
 def handed_off(watcher: TaxiopsProcess) -> dict[str, str]:

@@ -224,7 +224,7 @@ class PrefectSubmitter:
         taxi_type, month = incoming.taxi_type, str(incoming.month)
         name = f"{incoming.path.stem}-{incoming.sha256[:8]}" + (f"-run{runs}" if runs > 1 else "")
         try:
-            with self._client() as client:
+            with self._answered_about(incoming.path), self._client() as client:
                 deployment = client.read_deployment_by_name(self._deployment_name)
                 run = client.create_flow_run_from_deployment(
                     deployment.id,
@@ -259,21 +259,11 @@ class PrefectSubmitter:
                     }
                 )
                 client.request("POST", "/events", json=[event.model_dump(mode="json")])
-        except httpx.TransportError as exc:
-            raise PrefectUnreachableError(
-                self._api_url, f"{type(exc).__name__}: {exc}", incoming.path
-            ) from exc
         except ObjectNotFound as exc:
             raise HandOffError(
                 incoming.path,
                 self._api_url,
                 f"deployment {self._deployment_name!r} not found; serve it with `taxiops up`",
-            ) from exc
-        except httpx.HTTPStatusError as exc:
-            raise HandOffError(
-                incoming.path,
-                self._api_url,
-                f"HTTP {exc.response.status_code}: {exc.response.text[:500]}",
             ) from exc
         return Submission(flow_run_id=str(run.id), flow_run_name=run.name)
 
@@ -296,18 +286,21 @@ class PrefectSubmitter:
                 ),
             }
         )
+        with self._answered_about(rejection.path), self._client() as client:
+            client.request("POST", "/events", json=[event.model_dump(mode="json")])
+
+    @contextmanager
+    def _answered_about(self, path: Path) -> Iterator[None]:
+        """Turn httpx errors about `path`'s request into ours: no answer, or a refusal."""
         try:
-            with self._client() as client:
-                client.request("POST", "/events", json=[event.model_dump(mode="json")])
+            yield
         except httpx.TransportError as exc:
             raise PrefectUnreachableError(
-                self._api_url, f"{type(exc).__name__}: {exc}", rejection.path
+                self._api_url, f"{type(exc).__name__}: {exc}", path
             ) from exc
         except httpx.HTTPStatusError as exc:
             raise HandOffError(
-                rejection.path,
-                self._api_url,
-                f"HTTP {exc.response.status_code}: {exc.response.text[:500]}",
+                path, self._api_url, f"HTTP {exc.response.status_code}: {exc.response.text[:500]}"
             ) from exc
 
     def discard(self, flow_run_id: str) -> None:
