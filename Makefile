@@ -24,6 +24,7 @@ bench: $(STAMP) .bench-deps
 	$(BIN)/python bench/peak_memory.py
 	$(BIN)/python bench/watch_latency.py
 	$(BIN)/python bench/burst.py
+	$(BIN)/python bench/soak.py --outage 60
 
 install: $(STAMP)
 
