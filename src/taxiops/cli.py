@@ -39,6 +39,7 @@ def train(
     """Run the training flow once against the configured Prefect API."""
     from prefect.client.schemas.objects import State
 
+    from taxiops import events
     from taxiops.entrypoints import TRAIN_ENTRYPOINT, load_flow
     from taxiops.report import TrainingSummary
 
@@ -54,6 +55,8 @@ def train(
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         message = str(error) if isinstance(error, BaseException) else (state.message or state.name)
+        if state.name == events.REJECTED_STATE and state.message:
+            message = state.message  # also says where the file was moved
         if as_json:
             print(json.dumps({"error": message, "state": state.name}))
         else:
