@@ -66,6 +66,7 @@ class Soak:
     kills: int = 0
     dropped: list[Dropped] = field(default_factory=list)
     peak_rss: int = 0
+    outage_thread: threading.Thread | None = None
     stop_sampling: threading.Event = field(default_factory=threading.Event)
 
     def start_up(self) -> None:
@@ -167,9 +168,13 @@ def main() -> None:
             )
             started = time.monotonic()
             drop_phase(soak, args, rng)
+            if soak.outage_thread is not None:
+                soak.outage_thread.join()  # the server is back before anything is judged
             settled = wait_until_settled(soak)
             report(soak, inbox, time.monotonic() - started, settled)
         finally:
+            if soak.outage_thread is not None:
+                soak.outage_thread.join()
             soak.stop_sampling.set()
             if soak.watcher is not None and soak.watcher.poll() is None:
                 os.killpg(soak.watcher.pid, signal.SIGKILL)
@@ -241,7 +246,8 @@ def drop_phase(soak: Soak, args: argparse.Namespace, rng: random.Random) -> None
             next_kill = time.monotonic() + args.kill_every
         if outage_at is not None and now >= outage_at:
             # In the background: files keep arriving while the server is down.
-            threading.Thread(target=outage, args=(soak, args.outage), daemon=True).start()
+            soak.outage_thread = threading.Thread(target=outage, args=(soak, args.outage))
+            soak.outage_thread.start()
             outage_at = None
         time.sleep(interval * rng.uniform(0.5, 1.5))
 

@@ -29,7 +29,10 @@ from taxiops.quarantine import QuarantinedFile, quarantine
 from taxiops.registry import ModelRegistry
 from taxiops.report import MonthRows, TrainingSummary, registry_table, render_markdown
 from taxiops.settings import Settings, load_settings
-from taxiops.tripfile import earlier_months_in_folder
+from taxiops.tripfile import earlier_months_in_folder, sha256_of
+
+# Rejection event ids derive from run and file, so a re-sent event is stored once.
+_REJECTION_NAMESPACE = UUID("0f9b6a44-7d7c-4b51-9a59-3f3c2d1e8a10")
 
 
 class _Steps:
@@ -101,10 +104,7 @@ def train_duration_model(
         sources = (
             [_fingerprint(p, read) for p in train_files]
             if train_files is not None
-            else [
-                _fingerprint(t.path, read)
-                for t in earlier_months_in_folder(target.trip, settings.train_months)
-            ]
+            else _earlier_months(target, settings.train_months, read)
         )
         summary = _train(settings, target, sources, started, skip_bad_sources=train_files is None)
     except DataValidationError as exc:
@@ -247,12 +247,30 @@ def _fingerprint(path: str | Path, read: list[FingerprintedFile]) -> Fingerprint
     return file
 
 
+def _earlier_months(
+    target: FingerprintedFile, count: int, read: list[FingerprintedFile]
+) -> list[FingerprintedFile]:
+    """The earlier months beside `target`; one gone since the folder was listed (its own
+    run quarantined it, say) is left out rather than blamed on the new month."""
+    found = []
+    for earlier in earlier_months_in_folder(target.trip, count):
+        try:
+            found.append(_fingerprint(earlier.path, read))
+        except DataValidationError as exc:
+            get_run_logger().warning("training without %s: %s", earlier.name, exc)
+    return found
+
+
 def _reject(settings: Settings, exc: DataValidationError, sha256: str | None) -> str:
     """Quarantine the file when it is ours to move, log and announce the rejection once;
     returns the message for the run's final state."""
     logger = get_run_logger()
     moved: QuarantinedFile | None = None
-    if exc.rule.keeps_file and _in_folder(exc.path, settings.incoming_dir):
+    if (
+        exc.rule.keeps_file
+        and _in_folder(exc.path, settings.incoming_dir)
+        and _still_the_bytes_read(exc.path, sha256)
+    ):
         try:
             moved = quarantine(
                 exc, settings.quarantine_dir, by=f"flow run {flow_run.get_id()}", sha256=sha256
@@ -268,6 +286,17 @@ def _reject(settings: Settings, exc: DataValidationError, sha256: str | None) ->
     logger.error("rejected %s", message)
     _announce_rejection(exc, moved)
     return message
+
+
+def _still_the_bytes_read(path: Path, sha256: str | None) -> bool:
+    """Whether `path` still holds the bytes this run judged: a file replaced meanwhile
+    (fixed, say) is not quarantined for its predecessor's faults."""
+    if sha256 is None:
+        return True  # never read as bytes (a bad name, say): nothing newer to protect
+    try:
+        return sha256_of(path) == sha256
+    except OSError:
+        return False
 
 
 def _in_folder(path: Path, folder: Path) -> bool:
@@ -294,6 +323,3 @@ def _announce_rejection(exc: DataValidationError, moved: QuarantinedFile | None)
         ),
         id=None if run_id is None else uuid5(_REJECTION_NAMESPACE, f"{run_id}:{exc.path}"),
     )
-
-
-_REJECTION_NAMESPACE = UUID("0f9b6a44-7d7c-4b51-9a59-3f3c2d1e8a10")

@@ -4,18 +4,24 @@
         -> data/quarantine/green_tripdata_2023-13.parquet
            data/quarantine/green_tripdata_2023-13.parquet.reason.json
 
-The reason file is written first (under a temporary name) and the entry is moved
-with one rename, so a crash leaves either the untouched original or the quarantined
-entry; a symlink is moved as the link, never followed.
+The reason file is written first (atomically, under its final name) and the entry is
+then moved with one rename, under a lock on the quarantine folder so two processes never
+pick the same name. A crash in between leaves the original in place and a reason file
+with no entry beside it, which `quarantined_entries` skips and the next rejection of the
+same file replaces. Across filesystems the entry is copied to a temporary name first, so
+no half-copy ever carries the final name. A symlink is moved as the link, never followed.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,32 +58,33 @@ def quarantine(
     """
     original = error.path
     folder.mkdir(parents=True, exist_ok=True)
-    target = _free_name(folder, original.name)
-    reason_path = target.with_name(target.name + REASON_SUFFIX)
-    reason = {
-        "file": original.name,
-        "original_path": str(original),
-        "quarantined_path": str(target),
-        "rule": error.rule.value,
-        "detail": error.detail,
-        "hint": error.hint,
-        "message": str(error),
-        "sha256": sha256,
-        "size": _size(original),
-        "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "by": by,
-    }
-    temp = folder / f".{uuid.uuid4().hex}{REASON_SUFFIX}.tmp"
-    temp.write_text(json.dumps(reason, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    try:
-        _move(original, target)
-    except FileNotFoundError:
-        temp.unlink(missing_ok=True)
-        return None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    os.replace(temp, reason_path)
+    with _locked(folder):
+        if not os.path.lexists(original):
+            return None
+        target = _free_name(folder, original.name)
+        reason_path = target.with_name(target.name + REASON_SUFFIX)
+        reason = {
+            "file": original.name,
+            "original_path": str(original),
+            "quarantined_path": str(target),
+            "rule": error.rule.value,
+            "detail": error.detail,
+            "hint": error.hint,
+            "message": str(error),
+            "sha256": sha256,
+            "size": _size(original),
+            "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "by": by,
+        }
+        _write_atomically(reason_path, json.dumps(reason, indent=2, ensure_ascii=False) + "\n")
+        try:
+            _move(original, target)
+        except FileNotFoundError:
+            reason_path.unlink(missing_ok=True)
+            return None
+        except BaseException:
+            reason_path.unlink(missing_ok=True)
+            raise
     return QuarantinedFile(
         original=original,
         path=target,
@@ -96,13 +103,14 @@ def read_reason(quarantined: Path) -> dict[str, object]:
 
 
 def quarantined_entries(folder: Path) -> list[Path]:
-    """Every quarantined entry in `folder` (those with a reason file), oldest first."""
+    """Every quarantined entry in `folder` (present, with a reason file), oldest first."""
     if not folder.is_dir():
         return []
     entries = [
         reason.with_name(reason.name[: -len(REASON_SUFFIX)])
         for reason in folder.glob(f"*{REASON_SUFFIX}")
     ]
+    entries = [entry for entry in entries if os.path.lexists(entry)]
     return sorted(entries, key=lambda entry: _mtime(entry))
 
 
@@ -134,8 +142,47 @@ def _move(source: Path, target: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        # Another filesystem: copy then delete (links are recreated, not followed).
-        shutil.move(os.fspath(source), os.fspath(target))
+        # Another filesystem: copy to a temporary name, rename, then delete the source
+        # (links are recreated, not followed).
+        temp = target.with_name(f".{uuid.uuid4().hex}.copying")
+        try:
+            if source.is_symlink():
+                os.symlink(os.readlink(source), temp)
+            elif source.is_dir():
+                shutil.copytree(source, temp, symlinks=True)
+            else:
+                shutil.copy2(source, temp)
+            os.rename(temp, target)
+        except BaseException:
+            if temp.is_dir() and not temp.is_symlink():
+                shutil.rmtree(temp, ignore_errors=True)
+            else:
+                temp.unlink(missing_ok=True)
+            raise
+        if source.is_dir() and not source.is_symlink():
+            shutil.rmtree(source)
+        else:
+            source.unlink()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temp = path.with_name(f".{uuid.uuid4().hex}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Exclusive use of `folder` for choosing a free name and renaming into it."""
+    with (folder / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _size(path: Path) -> int | None:

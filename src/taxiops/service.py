@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ from taxiops.settings import Settings
 from taxiops.watcher import PrefectSubmitter, WatcherService
 
 logger = logging.getLogger("taxiops.service")
+
+# A runner that stops this soon after starting, this many times in a row, is broken, not
+# waiting out an outage (an outage lets the first start run for minutes).
+_QUICK_FAILURE_SECONDS = 10.0
+_MAX_QUICK_FAILURES = 5
 
 
 class PrefectApiError(TaxiopsError):
@@ -180,12 +186,25 @@ class RunnerSupervisor:
         self.restarts = 0
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set, starting a new runner whenever one gives up."""
+        """Serve until `stop` is set, starting a new runner whenever one gives up.
+
+        A runner that stops within `_QUICK_FAILURE_SECONDS` of its start counts as a quick
+        failure; restarts then back off, and after `_MAX_QUICK_FAILURES` in a row the error
+        is raised (something other than an outage is wrong), so `taxiops up` ends with it.
+        """
+        quick_failures = 0
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 await self.runner.start()
                 reason = "its poll loop ended"
             except Exception as exc:
+                if time.monotonic() - started < _QUICK_FAILURE_SECONDS:
+                    quick_failures += 1
+                    if quick_failures >= _MAX_QUICK_FAILURES:
+                        raise
+                else:
+                    quick_failures = 0
                 reason = _describe(exc)
             if stop.is_set():
                 return
@@ -194,6 +213,8 @@ class RunnerSupervisor:
                 reason,
                 self._api_url,
             )
+            if quick_failures and await _stopped_within(stop, min(2.0**quick_failures, 30.0)):
+                return
             runner = await self._new_runner(stop)
             if runner is None:
                 return

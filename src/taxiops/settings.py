@@ -172,7 +172,9 @@ class Settings(BaseSettings):
 
     @property
     def quarantine_dir(self) -> Path:
-        return self.incoming_dir.parent / "quarantine"
+        """`quarantine/` beside the incoming folder (resolved: `TAXIOPS_INCOMING_DIR=.` must
+        not put it inside the folder it keeps bad files out of)."""
+        return self.incoming_dir.resolve().parent / "quarantine"
 
     @property
     def api_url(self) -> str:

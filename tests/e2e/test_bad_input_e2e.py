@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from taxiops.quarantine import read_reason
+from taxiops.quarantine import quarantined_entries, read_reason
 from taxiops.server import LocalPrefectServer
 from taxiops.tripfile import Month
 from tests.bad_input import BAD_KINDS, BadKind
@@ -101,7 +101,7 @@ def test_each_rejection_alerts_once_and_good_months_still_train(service: Service
     wait_until(lambda: service.rejection_alerts(own.name), ALERT_TIMEOUT, f"alert for {own.name}")
     counts = {
         name: len(service.rejection_alerts(name))
-        for name in (p.name for p in service.quarantine.iterdir() if p.suffix != ".json")
+        for name in (p.name for p in quarantined_entries(service.quarantine))
     }
     assert own.name in counts and all(count == 1 for count in counts.values()), counts
     # The service itself logged no error (a rejected run's own log says ERROR "rejected ...",

@@ -53,3 +53,12 @@ def test_bad_values_are_refused_with_the_setting_named(monkeypatch: pytest.Monke
     monkeypatch.setenv("TAXIOPS_TRAIN_MONTHS", "0")
     with pytest.raises(ValueError, match="train_months"):
         Settings()
+
+
+def test_quarantine_is_beside_the_incoming_folder_even_when_it_is_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(incoming_dir=Path("."))
+    assert settings.quarantine_dir == tmp_path.resolve().parent / "quarantine"
+    assert not settings.quarantine_dir.is_relative_to(tmp_path.resolve())

@@ -229,6 +229,14 @@ def test_crashed_runs_retry_with_a_new_run_key_and_rejections_wait_for_their_ale
     ledger.record_alert_failure(rejection.id, error="refused", retry_at=time.time() + 60)
     assert ledger.unsent_rejections() == []
     assert ledger.next_attempt_at() is not None
+    again = ledger.record_rejection(
+        path=tmp_path / "x.parquet",
+        quarantined_path=tmp_path / "q" / "x.parquet",
+        rule="file-name",
+        detail="bad name",
+        message="x.parquet: file-name: bad name",
+    )
+    assert again is None  # one quarantined entry, one rejection
     assert ledger.mark_alert_sent(rejection.id)
     assert not ledger.mark_alert_sent(rejection.id)
     assert ledger.rejections()[0].alert_sent_at is not None

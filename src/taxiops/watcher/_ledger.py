@@ -63,7 +63,7 @@ _REJECTIONS_TABLE = """
 CREATE TABLE rejections (
     id               TEXT PRIMARY KEY,
     path             TEXT NOT NULL,
-    quarantined_path TEXT,
+    quarantined_path TEXT UNIQUE,
     rule             TEXT NOT NULL,
     detail           TEXT NOT NULL,
     message          TEXT NOT NULL,
@@ -446,8 +446,9 @@ class Ledger:
     ) -> Rejection | None:
         """Record an entry refused before any run; its alert is pending until marked sent.
 
-        With `forget_seen`, the `seen` file of `sha256` is dropped in the same transaction
-        (it vanished before its hand-off); None, and nothing recorded, when it is not `seen`.
+        None, and nothing recorded, when `quarantined_path` is recorded already, or, with
+        `forget_seen`, when the file of `sha256` is not `seen` (with it, that file is
+        dropped in the same transaction: it vanished before its hand-off).
         """
         rejection_id = str(uuid.uuid4())
         with self._write() as conn:
@@ -458,9 +459,10 @@ class Ledger:
                 ).rowcount
             ):
                 return None
-            conn.execute(
-                "INSERT INTO rejections (id, path, quarantined_path, rule, detail, message, "
-                "sha256, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            inserted = conn.execute(
+                # OR IGNORE: one quarantined entry is one rejection, however often recorded.
+                "INSERT OR IGNORE INTO rejections (id, path, quarantined_path, rule, detail, "
+                "message, sha256, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rejection_id,
                     str(path),
@@ -471,7 +473,10 @@ class Ledger:
                     sha256,
                     time.time(),
                 ),
-            )
+            ).rowcount
+            if not inserted:
+                conn.rollback()
+                return None
             row = conn.execute(
                 f"SELECT {_REJECTION_COLUMNS} FROM rejections WHERE id = ?", (rejection_id,)
             ).fetchone()

@@ -70,9 +70,10 @@ def record_vanished(error: DataValidationError, ledger: Ledger, *, sha256: str) 
 def record_unrecorded_quarantine(
     ledger: Ledger, quarantine_dir: Path, *, older_than_seconds: float = 10.0
 ) -> list[Rejection]:
-    """Record entries a watcher moved into quarantine but died before recording (the move
-    and the ledger write are two steps), so their alert still goes out. Entries younger
-    than `older_than_seconds` may be another live watcher's, about to be recorded."""
+    """Record entries a watcher moved into quarantine but did not record (it died between
+    the two steps, or the ledger write failed), so their alert still goes out. Entries
+    younger than `older_than_seconds` may be a live watcher's, about to be recorded; one
+    recorded twice is ignored by the ledger."""
     known = {rejection.quarantined_path for rejection in ledger.rejections()}
     cutoff = time.time() - older_than_seconds
     recorded = []
@@ -82,17 +83,18 @@ def record_unrecorded_quarantine(
         try:
             reason = read_reason(entry)
             written = entry.with_name(entry.name + REASON_SUFFIX).stat().st_mtime
-        except (OSError, ValueError):
+            if not str(reason.get("by", "")).startswith("watcher ") or written > cutoff:
+                continue  # a flow run's rejection alerts by its own event
+            rejection = ledger.record_rejection(
+                path=Path(str(reason["original_path"])),
+                quarantined_path=entry,
+                rule=str(reason["rule"]),
+                detail=str(reason["detail"]),
+                message=str(reason["message"]),
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("cannot read the reason file of %s: %s", entry, exc)
             continue
-        if not str(reason.get("by", "")).startswith("watcher ") or written > cutoff:
-            continue  # a flow run's rejection alerts by its own event
-        rejection = ledger.record_rejection(
-            path=Path(str(reason["original_path"])),
-            quarantined_path=entry,
-            rule=str(reason["rule"]),
-            detail=str(reason["detail"]),
-            message=str(reason["message"]),
-        )
         if rejection is not None:
             logger.warning("recorded %s, quarantined by a watcher that stopped", entry.name)
             recorded.append(rejection)

@@ -75,7 +75,7 @@ class WatcherStats:
     vanished: int = 0  # entries gone before they were complete: nothing to train
     submitted: int = 0  # hand-offs Prefect acknowledged
     failed_attempts: int = 0  # hand-offs that raised and were scheduled for a retry
-    finished: int = 0  # flow runs found succeeded / failed / rejected
+    finished: int = 0  # flow runs found succeeded / failed / crashed / rejected
     requeued: int = 0  # flow runs missing on the server, handed off again
     retried: int = 0  # crashed flow runs handed off again on their own
     alerts_sent: int = 0  # rejection alerts the Prefect API acknowledged
@@ -300,6 +300,7 @@ class WatcherService:
                 self._send_rejection_alerts()
                 if time.monotonic() >= next_poll:
                     self._poll_runs()
+                    self._record_unrecorded_quarantine()
                     next_poll = time.monotonic() + self._poll_every
                 timeout = self._idle_timeout(next_poll)
             except Exception:
