@@ -207,14 +207,19 @@ def test_a_quarantine_that_cannot_be_written_still_rejects(
     assert any("could not quarantine" in line for line in log_messages_of(run_id))
 
 
-def test_a_bad_earlier_month_in_the_folder_is_left_out_not_blamed_on_the_new_one(
-    settings: Settings, months: dict[str, Path]
-) -> None:
+def _good_month_after_a_bad_one(settings: Settings, months: dict[str, Path]) -> Path:
+    """2023-02 replaced by a month missing a column, and a good 2023-03 beside it."""
     months["2023-02"].unlink()
     _write(settings.incoming_dir, _month_table().drop_columns(["trip_distance"])).rename(
         months["2023-02"]
     )
-    good = write_synth_month(settings.incoming_dir, "green", Month(2023, 3), rows=ROWS, seed=3)
+    return write_synth_month(settings.incoming_dir, "green", Month(2023, 3), rows=ROWS, seed=3)
+
+
+def test_a_bad_earlier_month_in_the_folder_is_left_out_not_blamed_on_the_new_one(
+    settings: Settings, months: dict[str, Path]
+) -> None:
+    good = _good_month_after_a_bad_one(settings, months)
 
     summary = train_duration_model(str(good))
 
@@ -226,11 +231,7 @@ def test_a_bad_earlier_month_in_the_folder_is_left_out_not_blamed_on_the_new_one
 def test_a_bad_training_month_named_by_the_caller_rejects_the_run(
     settings: Settings, months: dict[str, Path]
 ) -> None:
-    months["2023-02"].unlink()
-    _write(settings.incoming_dir, _month_table().drop_columns(["trip_distance"])).rename(
-        months["2023-02"]
-    )
-    good = write_synth_month(settings.incoming_dir, "green", Month(2023, 3), rows=ROWS, seed=3)
+    good = _good_month_after_a_bad_one(settings, months)
 
     state = train_duration_model(str(good), train_files=[str(months["2023-02"])], return_state=True)
 

@@ -320,10 +320,7 @@ class Ledger:
             ).rowcount
             if not claimed:
                 return None
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM files WHERE sha256 = ?", (sha256,)
-            ).fetchone()
-        return _entry(row)
+            return _entry_of(conn, sha256)
 
     def record_failed_attempt(self, sha256: str, owner: str, *, error: str, retry_at: float) -> int:
         """Give back a claim after a failed hand-off; the file stays `seen` until `retry_at`.
@@ -427,10 +424,7 @@ class Ledger:
             ).rowcount
             if not changed:
                 return None
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM files WHERE sha256 = ?", (sha256,)
-            ).fetchone()
-        return _entry(row)
+            return _entry_of(conn, sha256)
 
     # --- rejections ----------------------------------------------------------------------
     def record_rejection(
@@ -577,6 +571,11 @@ class Ledger:
                 "WHERE state = 'seen' AND claimed_by IS NOT NULL"
             ).fetchall()
         return {row["sha256"]: row["claimed_by"] for row in rows}
+
+
+def _entry_of(conn: sqlite3.Connection, sha256: str) -> LedgerEntry:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM files WHERE sha256 = ?", (sha256,)).fetchone()
+    return _entry(row)
 
 
 def _create_or_migrate(conn: sqlite3.Connection) -> None:
