@@ -105,7 +105,7 @@ def test_a_renamed_pending_file_takes_its_new_path(tmp_path: Path) -> None:
     assert (entry.path, entry.month) == (moved, "2023-02")
 
 
-def test_requeue_and_forget(tmp_path: Path) -> None:
+def test_requeue_and_forget_as_vanished(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     file = incoming(6, tmp_path)
     ledger.record_seen(file)
@@ -114,7 +114,16 @@ def test_requeue_and_forget(tmp_path: Path) -> None:
     assert ledger.requeue(file.sha256, "missing") is True
     [entry] = ledger.pending()
     assert (entry.flow_run_id, entry.detail) == (None, "missing")
-    assert ledger.forget(file.sha256) is True
+    vanished = ledger.record_rejection(
+        path=file.path,
+        quarantined_path=None,
+        rule="file-vanished",
+        detail="removed before its hand-off",
+        message="gone",
+        sha256=file.sha256,
+        forget_seen=True,
+    )
+    assert vanished is not None
     assert ledger.entries() == []
 
 

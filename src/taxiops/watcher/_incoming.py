@@ -29,17 +29,6 @@ class FileSignature:
     size: int
     mtime_ns: int
 
-    @classmethod
-    def of(cls, path: Path) -> FileSignature | None:
-        """The signature of a regular file, or None when it is gone or not a file."""
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        if not os.path.isfile(path):
-            return None
-        return cls(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-
 
 @dataclass(frozen=True)
 class IncomingFile:

@@ -385,42 +385,33 @@ class Ledger:
                 ).rowcount
             )
 
-    def forget(self, sha256: str) -> bool:
-        """Drop a file never handed off (it vanished first); its bytes count as new again."""
-        with self._write() as conn:
-            return bool(
-                conn.execute(
-                    "DELETE FROM files WHERE sha256 = ? AND state = 'seen'", (sha256,)
-                ).rowcount
-            )
-
     def finish_and_retry(self, sha256: str, state: FileState, detail: str | None = None) -> bool:
         """Record a run's end and, in the same transaction, hand the bytes off again as run
         n+1 (an automatic retry of a crashed run). True when this call did it."""
-        now = time.time()
-        with self._write() as conn:
-            return bool(
-                conn.execute(
-                    "UPDATE files SET state = 'seen', runs = runs + 1, flow_run_id = NULL, "
-                    "detail = ?, attempts = 0, next_attempt_at = NULL, submitted_at = NULL, "
-                    "finished_at = ?, updated_at = ? WHERE sha256 = ? AND state = 'submitted'",
-                    (f"{state.value}, retrying: {detail or ''}".rstrip(": "), now, now, sha256),
-                ).rowcount
-            )
+        reason = f"{state.value}, retrying: {detail or ''}".rstrip(": ")
+        return self._start_next_run(sha256, ("submitted",), reason, finished=True) is not None
 
     def retry(self, sha256: str, reason: str = "retry requested") -> LedgerEntry | None:
         """Hand a failed or crashed file off again as a new flow run (`taxiops retry`).
 
         Returns the updated entry, or None when the file is not in a retryable state.
         """
+        return self._start_next_run(sha256, ("failed", "crashed"), reason, finished=False)
+
+    def _start_next_run(
+        self, sha256: str, from_states: tuple[str, ...], reason: str, *, finished: bool
+    ) -> LedgerEntry | None:
+        """Send a file in one of `from_states` back to `seen` as run n+1 (a new idempotency
+        key); `finished` records the end of the run it leaves. None when not in those states."""
         now = time.time()
+        marks = ", ".join("?" for _ in from_states)
         with self._write() as conn:
             changed = conn.execute(
                 "UPDATE files SET state = 'seen', runs = runs + 1, flow_run_id = NULL, "
                 "detail = ?, attempts = 0, next_attempt_at = NULL, claimed_by = NULL, "
-                "claim_expires_at = NULL, submitted_at = NULL, finished_at = NULL, "
-                "updated_at = ? WHERE sha256 = ? AND state IN ('failed', 'crashed')",
-                (reason, now, sha256),
+                "claim_expires_at = NULL, submitted_at = NULL, finished_at = ?, "
+                f"updated_at = ? WHERE sha256 = ? AND state IN ({marks})",
+                (reason, now if finished else None, now, sha256, *from_states),
             ).rowcount
             if not changed:
                 return None

@@ -289,9 +289,9 @@ class WatcherService:
 
     def _run(self) -> None:
         self._release_dead_claims()
-        self._record_unrecorded_quarantine()
         self._scan_folder()
-        next_poll = 0.0  # the first poll is the reconcile of runs left `submitted`
+        # The first poll, at once, reconciles runs left `submitted` and unrecorded quarantine.
+        next_poll = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
             try:
