@@ -18,8 +18,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +32,8 @@ sys.path.insert(0, str(ROOT))  # `tests.bad_input`: the same bad files the tests
 from _common import _UNSHARED_ENV, _descendants, _stop_process_tree, keep_prefect_local  # noqa: E402
 
 keep_prefect_local()
+
+from tests.e2e.harness import UP_READY, TaxiopsProcess  # noqa: E402
 
 from taxiops.server import LocalPrefectServer, free_port  # noqa: E402
 
@@ -60,9 +60,8 @@ class Soak:
     incoming: Path
     staging: Path
     quarantine: Path
-    up: subprocess.Popen[bytes] | None = None
-    watcher: subprocess.Popen[bytes] | None = None
-    watcher_starts: int = 0
+    up: TaxiopsProcess | None = None
+    watcher: TaxiopsProcess | None = None
     kills: int = 0
     dropped: list[Dropped] = field(default_factory=list)
     peak_rss: int = 0
@@ -70,40 +69,30 @@ class Soak:
     stop_sampling: threading.Event = field(default_factory=threading.Event)
 
     def start_up(self) -> None:
-        log = (self.root / "up.log").open("ab")
-        self.up = subprocess.Popen(
-            [sys.executable, "-m", "taxiops", "up", "--no-watch"],
-            cwd=self.root,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        _wait(lambda: "taxiops is up" in _read(self.root / "up.log"), 180, "taxiops up", self.up)
+        self.up = self._process("up", "--no-watch").start()
+        self.up.wait_for_log(UP_READY, timeout=180)
 
     def start_watcher(self) -> None:
-        log = (self.root / "watch.log").open("ab")
-        self.watcher = subprocess.Popen(
-            [sys.executable, "-m", "taxiops", "watch"],
-            cwd=self.root,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.watcher_starts += 1
+        if self.watcher is None:
+            self.watcher = self._process("watch")
+        self.watcher.start()
 
     def kill_watcher(self) -> None:
-        if self.watcher is not None and self.watcher.poll() is None:
-            os.killpg(self.watcher.pid, signal.SIGKILL)
-            self.watcher.wait()
+        if self.watcher is not None and self.watcher.alive:
+            self.watcher.kill()
             self.kills += 1
+
+    def _process(self, *args: str) -> TaxiopsProcess:
+        return TaxiopsProcess(
+            list(args), self.env, cwd=self.root, log_path=self.root / f"{args[0]}.log"
+        )
 
     def sample_memory(self) -> None:
         """Peak RSS of the whole service: server, `up` (runner, flow-run processes), watcher."""
         while not self.stop_sampling.wait(0.5):
             pids = []
-            for pid in (self.server.pid, *(p.pid for p in (self.up, self.watcher) if p)):
+            processes = (p for p in (self.up, self.watcher) if p is not None and p.alive)
+            for pid in (self.server.pid, *(p.pid for p in processes)):
                 if pid is not None and _rss(pid):
                     pids.append(pid)
                     pids.extend(_descendants(pid))
@@ -176,10 +165,10 @@ def main() -> None:
             if soak.outage_thread is not None:
                 soak.outage_thread.join()
             soak.stop_sampling.set()
-            if soak.watcher is not None and soak.watcher.poll() is None:
-                os.killpg(soak.watcher.pid, signal.SIGKILL)
+            if soak.watcher is not None:
+                soak.watcher.kill()
             if soak.up is not None:
-                _stop_process_tree(soak.up)
+                _stop_process_tree(soak.up.process)
             server.stop()
             if os.environ.get("TAXIOPS_SOAK_KEEP"):
                 print(f"kept {root}")
@@ -267,7 +256,7 @@ def wait_until_settled(soak: Soak) -> bool:
     deadline = time.monotonic() + SETTLE_TIMEOUT
     ledger_path = soak.root / "home" / "ledger.sqlite3"
     while time.monotonic() < deadline:
-        if soak.watcher is not None and soak.watcher.poll() is not None:
+        if soak.watcher is None or not soak.watcher.alive:
             soak.start_watcher()
         entries = Ledger(ledger_path).entries() if ledger_path.exists() else []
         unfinished = [e for e in entries if not e.state.is_finished]
@@ -349,7 +338,8 @@ def report(soak: Soak, inbox: object, seconds: float, settled: bool) -> None:
         f"  entries dropped:    {len(soak.dropped)}  "
         + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
     )
-    print(f"  watcher SIGKILLs:   {soak.kills} (started {soak.watcher_starts} times)")
+    starts = soak.watcher.starts if soak.watcher is not None else 0
+    print(f"  watcher SIGKILLs:   {soak.kills} (started {starts} times)")
     print(f"  flow runs:          {len(flow_runs)}  ({Counter(s for _, s in flow_runs)})")
     print(f"  crashed, retried:   {sum(retried.values())}  {retried or ''}")
     print(f"  duplicates:         {len(duplicates)}  {duplicates or ''}")
@@ -390,25 +380,6 @@ def _rss(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _wait(
-    condition, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None
-) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 if __name__ == "__main__":
