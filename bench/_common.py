@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from taxiops.watcher import Ledger
+    from taxiops.intake import Ledger
 
 SHARED_DATA = Path(
     os.environ.get("TAXIOPS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -39,7 +39,7 @@ def isolated_taxiops(months: list[str]) -> Iterator[Path]:
     Prefect server (unless PREFECT_API_URL is set); yields the incoming folder."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from taxiops.server import LocalPrefectServer, free_port
+    from taxiops.app.server import LocalPrefectServer, free_port
 
     root = Path(tempfile.mkdtemp(prefix="taxiops-bench-"))
     incoming = root / "incoming"
@@ -81,7 +81,7 @@ class RunningTaxiops:
     ready_seconds: float
 
     def ledger(self) -> Ledger:
-        from taxiops.watcher import Ledger
+        from taxiops.intake import Ledger
 
         return Ledger(self.ledger_path)
 
@@ -129,7 +129,7 @@ def taxiops_up(*, ready_timeout: float = 120.0) -> Iterator[RunningTaxiops]:
     "taxiops is up". This process then talks to that server; everything stops on exit."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from taxiops.server import free_port, is_healthy
+    from taxiops.app.server import free_port, is_healthy
 
     root = Path(tempfile.mkdtemp(prefix="taxiops-bench-up-"))
     incoming, staging = root / "incoming", root / "staging"

@@ -35,7 +35,7 @@ keep_prefect_local()
 
 from tests.e2e.harness import UP_READY, TaxiopsProcess  # noqa: E402
 
-from taxiops.server import LocalPrefectServer, free_port  # noqa: E402
+from taxiops.app.server import LocalPrefectServer, free_port  # noqa: E402
 
 GOOD_ROWS = 3_000
 MAX_FILE_BYTES = 32 * 1024**2
@@ -251,7 +251,7 @@ def outage(soak: Soak, seconds: float) -> None:
 
 def wait_until_settled(soak: Soak) -> bool:
     """Until every good file has a finished run and every bad entry left the folder."""
-    from taxiops.watcher import Ledger
+    from taxiops.intake import Ledger
 
     deadline = time.monotonic() + SETTLE_TIMEOUT
     ledger_path = soak.root / "home" / "ledger.sqlite3"
@@ -279,13 +279,13 @@ def report(soak: Soak, inbox: object, seconds: float, settled: bool) -> None:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from taxiops import events
-    from taxiops.quarantine import quarantined_entries, read_reason
+    from taxiops import names
+    from taxiops.intake.quarantine import quarantined_entries, read_reason
 
     async def runs() -> list[tuple[str, str]]:
         async with get_client() as client:
             found = await client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[events.TRAIN_FLOW])), limit=200
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[names.TRAIN_FLOW])), limit=200
             )
         return [
             (

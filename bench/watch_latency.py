@@ -145,7 +145,7 @@ def main() -> int:
     keep_prefect_local()
     from prefect.client.orchestration import get_client
 
-    from taxiops.events import TRAIN_DEPLOYMENT_FULL
+    from taxiops.names import TRAIN_DEPLOYMENT_FULL
 
     with taxiops_up() as up:
         print(f"`taxiops up` ready in {up.ready_seconds:.1f} s (server {up.api_url})")

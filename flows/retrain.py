@@ -12,16 +12,16 @@ from prefect.client.schemas.objects import State
 from prefect.events import emit_event
 from prefect.states import Failed
 
-from taxiops import events
-from taxiops.entrypoints import TRAIN_ENTRYPOINT, load_flow
+from taxiops import names
 from taxiops.errors import MissingMonthError, TaxiopsError
-from taxiops.report import TrainingSummary
-from taxiops.schedule import RetrainPlan, plan_retrain
+from taxiops.pipeline.entrypoints import TRAIN_ENTRYPOINT, load_flow
+from taxiops.pipeline.report import TrainingSummary
+from taxiops.pipeline.schedule import RetrainPlan, plan_retrain
 from taxiops.settings import load_settings
 from taxiops.tripfile import TaxiType
 
 
-@flow(name=events.RETRAIN_FLOW)
+@flow(name=names.RETRAIN_FLOW)
 def monthly_retrain(
     taxi_types: list[TaxiType] | None = None,
     today: date | None = None,
@@ -62,7 +62,7 @@ def monthly_retrain(
         )
         if state.is_completed():
             summaries.append(state.result())
-        elif state.name == events.REJECTED_STATE:
+        elif state.name == names.REJECTED_STATE:
             rejected.append(f"{plan.taxi_type}: {state.message}")
         else:
             failed.append(f"{plan.taxi_type}: {state.message}")
@@ -75,7 +75,7 @@ def monthly_retrain(
         logger.error(str(error))
         # A Failed state named "MissingMonth": the month-missing alert speaks for it,
         # the generic failure alert stays quiet.
-        return Failed(name=events.MISSING_MONTH_STATE, message=str(error), data=error)  # type: ignore[return-value]
+        return Failed(name=names.MISSING_MONTH_STATE, message=str(error), data=error)  # type: ignore[return-value]
     if failed:
         raise RetrainFailedError(failed + rejected)
     if rejected:
@@ -83,7 +83,7 @@ def monthly_retrain(
         # Failed here would alert a second time through the generic failure automation.
         rejection = RetrainFailedError(rejected)
         logger.error(str(rejection))
-        return Failed(name=events.REJECTED_STATE, message=str(rejection), data=rejection)  # type: ignore[return-value]
+        return Failed(name=names.REJECTED_STATE, message=str(rejection), data=rejection)  # type: ignore[return-value]
     return summaries
 
 
@@ -97,9 +97,9 @@ class RetrainFailedError(TaxiopsError):
 
 def _announce_missing(plan: RetrainPlan, folder: Any) -> None:
     emit_event(
-        event=events.MONTH_MISSING,
+        event=names.MONTH_MISSING,
         resource={
-            "prefect.resource.id": events.taxi_type_resource_id(plan.taxi_type),
+            "prefect.resource.id": names.taxi_type_resource_id(plan.taxi_type),
             "prefect.resource.name": plan.taxi_type,
         },
         payload={

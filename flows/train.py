@@ -1,6 +1,6 @@
 """The training flow: a month file in, a challenger trained, judged and maybe promoted.
 
-Orchestration only: every step is a task in `taxiops.tasks`; the ML lives in
+Orchestration only: every step is a task in `taxiops.pipeline.tasks`; the ML lives in
 `taxiops.ml` and the registry in `taxiops.registry`.
 
 A file that breaks a data rule ends the run in a Failed state named "Rejected";
@@ -22,12 +22,13 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from taxiops import events, ml, tasks
+from taxiops import ml, names
 from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
-from taxiops.lineage import FingerprintedFile, MonthData
-from taxiops.quarantine import QuarantinedFile, quarantine
+from taxiops.intake.quarantine import QuarantinedFile, quarantine
+from taxiops.pipeline import tasks
+from taxiops.pipeline.lineage import FingerprintedFile, MonthData
+from taxiops.pipeline.report import MonthRows, TrainingSummary, registry_table, render_markdown
 from taxiops.registry import ModelRegistry
-from taxiops.report import MonthRows, TrainingSummary, registry_table, render_markdown
 from taxiops.settings import Settings, load_settings
 from taxiops.tripfile import earlier_months_in_folder, sha256_of
 
@@ -76,7 +77,7 @@ class _Steps:
         return sum(1 for state in self.states if state.name == "Cached")
 
 
-@flow(name=events.TRAIN_FLOW, log_prints=True)
+@flow(name=names.TRAIN_FLOW, log_prints=True)
 def train_duration_model(
     new_file: str,
     train_files: list[str] | None = None,
@@ -112,7 +113,7 @@ def train_duration_model(
         # event say what happened, and the generic failure alert stays quiet.
         sha256 = next((f.sha256 for f in read if f.path == exc.path), None)
         message = _reject(settings, exc, sha256)
-        return Failed(name=events.REJECTED_STATE, message=message, data=exc)  # type: ignore[return-value]
+        return Failed(name=names.REJECTED_STATE, message=message, data=exc)  # type: ignore[return-value]
     logger.info(
         "%s %s: challenger %s RMSE %.3f (champion %s) -> %s",
         summary.taxi_type,
@@ -217,17 +218,17 @@ def _publish(settings: Settings, summary: TrainingSummary) -> None:
     """Artifacts for the UI and the `taxiops.model.trained` event for automations."""
     create_markdown_artifact(
         markdown=render_markdown(summary),
-        key=events.REPORT_ARTIFACT,
+        key=names.REPORT_ARTIFACT,
         description=f"{summary.taxi_type} {summary.month} training report",
     )
     create_table_artifact(
         table=registry_table(ModelRegistry(settings.models_dir), summary.taxi_type),
-        key=f"{events.REGISTRY_ARTIFACT}-{summary.taxi_type}",
+        key=f"{names.REGISTRY_ARTIFACT}-{summary.taxi_type}",
         description=f"{summary.taxi_type} model registry",
     )
     emit_event(
-        event=events.MODEL_TRAINED,
-        resource=events.month_resource(summary.taxi_type, summary.month, summary.file),
+        event=names.MODEL_TRAINED,
+        resource=names.month_resource(summary.taxi_type, summary.month, summary.file),
         payload=summary.model_dump(mode="json", exclude={"months"}),
     )
 
@@ -312,9 +313,9 @@ def _announce_rejection(exc: DataValidationError, moved: QuarantinedFile | None)
     so a re-sent event is stored, and alerted on, once)."""
     run_id = flow_run.get_id()
     emit_event(
-        event=events.DATA_REJECTED,
-        resource=events.file_resource(exc.path.name),
-        payload=events.data_rejected_payload(
+        event=names.DATA_REJECTED,
+        resource=names.file_resource(exc.path.name),
+        payload=names.data_rejected_payload(
             str(exc.path),
             exc.rule.value,
             exc.detail,

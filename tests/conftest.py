@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from taxiops.server import LocalPrefectServer, free_port
+from taxiops.app.server import LocalPrefectServer, free_port
 from taxiops.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,6 +1,6 @@
 """`python -m taxiops`: the same as the `taxiops` command."""
 
-from taxiops.cli import main
+from taxiops.app.cli import main
 
 if __name__ == "__main__":
     main()

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun, TaskRun
 
+    from taxiops.intake import FileState, Ledger, LedgerEntry
     from taxiops.notify import SlackInbox
-    from taxiops.watcher import FileState, Ledger, LedgerEntry
 
 T = TypeVar("T")
 
@@ -139,7 +139,7 @@ class Site:
         return staged.rename(self.incoming / staged.name)
 
     def ledger(self) -> Ledger:
-        from taxiops.watcher import Ledger
+        from taxiops.intake import Ledger
 
         return Ledger(self.home / "ledger.sqlite3")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from taxiops.quarantine import quarantined_entries, read_reason
-from taxiops.server import LocalPrefectServer
+from taxiops.app.server import LocalPrefectServer
+from taxiops.intake.quarantine import quarantined_entries, read_reason
 from taxiops.tripfile import Month
 from tests.bad_input import BAD_KINDS, BadKind
 from tests.e2e.harness import (

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from prefect.client.schemas.objects import FlowRun
 
+from taxiops.app.server import LocalPrefectServer
+from taxiops.intake import FileState
 from taxiops.notify import InboxMessage, SlackInbox
-from taxiops.server import LocalPrefectServer
-from taxiops.watcher import FileState
 from tests.e2e.harness import (
     WATCH_READY,
     ServedSite,

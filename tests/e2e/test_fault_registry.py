@@ -20,8 +20,8 @@ import pytest
 from flows.train import train_duration_model
 from prefect.client.schemas.objects import State
 
+from taxiops.app.server import LocalPrefectServer
 from taxiops.ml import write_synth_month
-from taxiops.server import LocalPrefectServer
 from taxiops.settings import Settings
 from taxiops.tripfile import Month
 from tests.e2e.harness import task_runs_of

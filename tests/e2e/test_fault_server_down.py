@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from taxiops.app.server import LocalPrefectServer, free_port
+from taxiops.intake import FileState
 from taxiops.notify import SlackInbox
-from taxiops.server import LocalPrefectServer, free_port
-from taxiops.watcher import FileState
 from tests.e2e.harness import (
     UP_READY,
     WATCH_READY,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from taxiops.server import LocalPrefectServer
+from taxiops.app.server import LocalPrefectServer
+from taxiops.intake import FileState
 from taxiops.tripfile import TaxiType
-from taxiops.watcher import FileState
 from tests.e2e.harness import (
     HANDED_OFF,
     WATCH_READY,

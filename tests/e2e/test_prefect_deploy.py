@@ -15,9 +15,9 @@ from uuid import UUID
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from taxiops import events
+from taxiops import names
+from taxiops.app.server import LocalPrefectServer, free_port
 from taxiops.ml import write_synth_month
-from taxiops.server import LocalPrefectServer, free_port
 from taxiops.tripfile import Month
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,20 +48,20 @@ def test_prefect_deploy_all_and_a_process_worker_train_a_month(tmp_path: Path) -
             assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
             return result.stdout
 
-        prefect("work-pool", "create", events.WORK_POOL, "--type", "process")
+        prefect("work-pool", "create", names.WORK_POOL, "--type", "process")
         prefect("deploy", "--all")
         listed = prefect("deployment", "ls")
-        assert events.TRAIN_FLOW in listed and events.RETRAIN_FLOW in listed
+        assert names.TRAIN_FLOW in listed and names.RETRAIN_FLOW in listed
 
         ran = prefect(
             "deployment",
             "run",
-            events.TRAIN_DEPLOYMENT_FULL,
+            names.TRAIN_DEPLOYMENT_FULL,
             "--param",
             f"new_file={incoming / 'green_tripdata_2023-02.parquet'}",
         )
         run_id = next(line.split(":", 1)[1].strip() for line in ran.splitlines() if "UUID:" in line)
-        prefect("worker", "start", "--pool", events.WORK_POOL, "--run-once", timeout=240)
+        prefect("worker", "start", "--pool", names.WORK_POOL, "--run-once", timeout=240)
 
         with (
             temporary_settings(updates={PREFECT_API_URL: server.api_url}),

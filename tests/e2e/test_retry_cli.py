@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from taxiops.intake import FileState, Ledger, RetryRefusedError, describe_incoming, retry_file
 from taxiops.ml import write_synth_month
 from taxiops.tripfile import Month
-from taxiops.watcher import FileState, Ledger, RetryRefusedError, describe_incoming, retry_file
 from tests.e2e.harness import Site
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from taxiops.app.server import free_port
 from taxiops.ml import write_synth_month
 from taxiops.notify import SlackInbox
-from taxiops.server import free_port
 from taxiops.tripfile import Month
 
 STARTUP_TIMEOUT = 120.0

@@ -17,10 +17,10 @@ from flows.train import train_duration_model
 from prefect.client.schemas.objects import State
 from prefect.events import Event
 
-from taxiops import events
+from taxiops import names
 from taxiops.errors import DataValidationError, ValidationRule
+from taxiops.intake.quarantine import quarantined_entries, read_reason
 from taxiops.ml import synth_month, write_synth_month
-from taxiops.quarantine import quarantined_entries, read_reason
 from taxiops.settings import Settings
 from taxiops.tripfile import Month, sha256_of
 
@@ -102,7 +102,7 @@ KINDS: dict[str, tuple[Callable[[Path], Path], ValidationRule, str]] = {
 
 def rejected_run(path: Path) -> tuple[State[Any], str]:
     state: State[Any] = train_duration_model(new_file=str(path), return_state=True)
-    assert state.is_failed() and state.name == events.REJECTED_STATE, state
+    assert state.is_failed() and state.name == names.REJECTED_STATE, state
     return state, str(state.state_details.flow_run_id)
 
 
@@ -115,11 +115,11 @@ def the_one_rejection_event(since: datetime, flow_run_id: str, name: str = BAD) 
     def state_events() -> list[str] | None:
         run = f"prefect.flow-run.{flow_run_id}"
         names = [e.event for e in events_since(since, run, "prefect.flow-run.")]
-        return names if f"prefect.flow-run.{events.REJECTED_STATE}" in names else None
+        return names if f"prefect.flow-run.{names.REJECTED_STATE}" in names else None
 
     def rejections() -> list[Event]:
-        file_id = events.file_resource(name)["prefect.resource.id"]
-        return events_since(since, file_id, events.DATA_REJECTED)
+        file_id = names.file_resource(name)["prefect.resource.id"]
+        return events_since(since, file_id, names.DATA_REJECTED)
 
     run_states = wait_for(state_events, what="the run's Rejected state event")
     assert "prefect.flow-run.Failed" not in run_states  # the generic failure alert stays quiet
@@ -156,7 +156,7 @@ def test_a_bad_month_is_rejected_quarantined_and_announced_once(
         assert quarantined_entries(settings.quarantine_dir) == []
     assert any(BAD in line and rule.value in line for line in log_messages_of(run_id))
     payload = the_one_rejection_event(since, run_id).payload
-    assert payload == events.data_rejected_payload(
+    assert payload == names.data_rejected_payload(
         str(bad), rule.value, error.detail, rule.hint, str(quarantined) if rule.keeps_file else None
     )
 
@@ -244,8 +244,8 @@ def test_a_bad_training_month_named_by_the_caller_rejects_the_run(
 def test_a_file_removed_after_it_was_fingerprinted_is_rejected_not_retried(
     settings: Settings, months: dict[str, Path]
 ) -> None:
-    from taxiops import tasks
-    from taxiops.lineage import FingerprintedFile
+    from taxiops.pipeline import tasks
+    from taxiops.pipeline.lineage import FingerprintedFile
 
     fingerprinted = FingerprintedFile.of(months["2023-02"])
     months["2023-02"].unlink()

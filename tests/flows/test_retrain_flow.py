@@ -8,10 +8,10 @@ from typing import Any
 from flows.retrain import RetrainFailedError, monthly_retrain
 from prefect.states import State
 
-from taxiops import events
+from taxiops import names
 from taxiops.errors import MissingMonthError
+from taxiops.intake.quarantine import read_reason
 from taxiops.ml import write_synth_month
-from taxiops.quarantine import read_reason
 from taxiops.settings import Settings
 from taxiops.tripfile import Month
 
@@ -40,7 +40,7 @@ def test_a_missing_month_fails_clearly_after_retraining_the_others(
         taxi_types=["green", "yellow"], today=date(2023, 4, 2), return_state=True
     )  # default publication lag 2: April expects February
 
-    assert state.name == events.MISSING_MONTH_STATE
+    assert state.name == names.MISSING_MONTH_STATE
     error = state.result(raise_on_failure=False)
     assert isinstance(error, MissingMonthError)
     assert "missing month" in str(error) and "yellow" in str(error) and "2023-02" in str(error)
@@ -61,7 +61,7 @@ def test_a_rejected_month_of_one_type_does_not_stop_the_others(
 
     # The yellow run alerted once (taxiops.data.rejected); a plain Failed parent would alert
     # again through the generic failure automation, so the parent ends "Rejected" too.
-    assert state.is_failed() and state.name == events.REJECTED_STATE
+    assert state.is_failed() and state.name == names.REJECTED_STATE
     error = state.result(raise_on_failure=False)
     assert isinstance(error, RetrainFailedError) and "yellow" in str(error)
     assert "unreadable-parquet" in str(error)

@@ -16,13 +16,13 @@ from prefect import flow
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from taxiops import events
+from taxiops import names
 from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
 from taxiops.ml import write_synth_month
+from taxiops.pipeline.report import TrainingSummary
+from taxiops.pipeline.tasks import taxiops_task
 from taxiops.registry import ModelRegistry
-from taxiops.report import TrainingSummary
 from taxiops.settings import Settings
-from taxiops.tasks import taxiops_task
 from taxiops.tripfile import Month
 
 from .conftest import artifact_keys_of, task_runs_of
@@ -53,7 +53,7 @@ def test_first_month_is_trained_registered_and_promoted(
     production = registry.production("green")
     assert production is not None and production.name == "v0001"
     assert production.card.data_sha256.keys() == {p.name for p in months.values()}
-    assert {events.REPORT_ARTIFACT, f"{events.REGISTRY_ARTIFACT}-green"} <= artifact_keys_of(
+    assert {names.REPORT_ARTIFACT, f"{names.REGISTRY_ARTIFACT}-green"} <= artifact_keys_of(
         summary.flow_run_id or ""
     )
 

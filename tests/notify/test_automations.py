@@ -28,13 +28,13 @@ from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 from prefect.states import Running, State
 
-from taxiops import events
-from taxiops.alerting import AUTOMATIONS_DIR, load_automations, set_up_alerting
+from taxiops import names
+from taxiops.app.server import LocalPrefectServer
 from taxiops.ml import write_synth_month
 from taxiops.notify import InboxMessage, SlackInbox
-from taxiops.server import LocalPrefectServer
+from taxiops.notify.automations import AUTOMATIONS_DIR, load_automations, set_up_alerting
+from taxiops.pipeline.tasks import taxiops_task
 from taxiops.settings import Settings
-from taxiops.tasks import taxiops_task
 from taxiops.tripfile import Month
 
 DELIVERY_TIMEOUT = 60.0
@@ -187,7 +187,7 @@ def test_a_failing_run_with_retries_sends_exactly_one_failure_message(
         attempts["n"] += 1
         raise ConnectionResetError("storage went away")
 
-    @flow(name=events.TRAIN_FLOW)
+    @flow(name=names.TRAIN_FLOW)
     def doomed() -> None:
         read_flaky_storage.with_options(
             retries=2, retry_delay_seconds=0, cache_policy=NO_CACHE, persist_result=False
@@ -210,7 +210,7 @@ def test_a_rejected_file_sends_one_rejection_and_no_failure(
 
     state: State[Any] = train_duration_model(new_file=str(bad), return_state=True)
 
-    assert state.name == events.REJECTED_STATE
+    assert state.name == names.REJECTED_STATE
     rejections = wait_for_messages(inbox, bad.name)
     assert len(rejections) == 1
     assert "unreadable-parquet" in str(rejections[0].blocks)
@@ -223,7 +223,7 @@ CRASHING_FLOW = textwrap.dedent(
     import time
     from prefect import flow
 
-    @flow(name={events.TRAIN_FLOW!r})
+    @flow(name={names.TRAIN_FLOW!r})
     def long_training():
         print("started", flush=True)
         time.sleep(120)
@@ -271,9 +271,9 @@ def test_a_missing_month_from_the_schedule_sends_one_message(
     alerting: Settings, inbox: SlackInbox
 ) -> None:
     emit_event(
-        event=events.MONTH_MISSING,
+        event=names.MONTH_MISSING,
         resource={
-            "prefect.resource.id": events.taxi_type_resource_id("yellow"),
+            "prefect.resource.id": names.taxi_type_resource_id("yellow"),
             "prefect.resource.name": "yellow",
         },
         payload={"taxi_type": "yellow", "expected_month": "2031-07", "newest_month": "2031-05"},
@@ -287,8 +287,8 @@ def test_no_new_data_within_the_window_sends_a_proactive_message(
     alerting: Settings, inbox: SlackInbox
 ) -> None:
     emit_event(
-        event=events.DATA_ARRIVED,
-        resource=events.month_resource("purple", "2031-01", "purple_tripdata_2031-01.parquet"),
+        event=names.DATA_ARRIVED,
+        resource=names.month_resource("purple", "2031-01", "purple_tripdata_2031-01.parquet"),
         payload={"taxi_type": "purple"},
     )
 
@@ -325,7 +325,7 @@ def test_a_failure_message_names_the_failed_task_and_error(
     assert "cannot open the registry" in str(failure.blocks)
 
 
-@flow(name=events.TRAIN_FLOW)
+@flow(name=names.TRAIN_FLOW)
 def _silent_training() -> None:
     """Never runs: stands for a run whose process died after its last heartbeat."""
 
@@ -335,7 +335,7 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed_server_side_and_alerts(
 ) -> None:
     """No process reports this crash: the server notices the silence, as when a machine dies."""
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name(events.TRAIN_FLOW)
+        flow_id = client.create_flow_from_name(names.TRAIN_FLOW)
         flow_run = client.create_flow_run(flow=_silent_training, state=Running())
     emit_event(
         event="prefect.flow-run.heartbeat",
@@ -344,7 +344,7 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed_server_side_and_alerts(
             {
                 "prefect.resource.id": f"prefect.flow.{flow_id}",
                 "prefect.resource.role": "flow",
-                "prefect.resource.name": events.TRAIN_FLOW,
+                "prefect.resource.name": names.TRAIN_FLOW,
             }
         ],
     )

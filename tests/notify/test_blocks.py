@@ -15,7 +15,7 @@ from prefect.blocks.abstract import NotificationError
 from pydantic import SecretStr
 
 from taxiops.errors import TaxiopsError
-from taxiops.events import NOTIFIER_BLOCK_TYPE
+from taxiops.names import NOTIFIER_BLOCK_TYPE
 from taxiops.notify import (
     NotifierError,
     SlackInbox,

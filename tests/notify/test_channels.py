@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import pytest
 from pydantic import SecretStr
 
+from taxiops.app.server import free_port
 from taxiops.errors import TaxiopsError
 from taxiops.notify import (
     NotificationDeliveryError,
@@ -22,7 +23,6 @@ from taxiops.notify import (
     send_slack_webhook,
 )
 from taxiops.notify.channels import retry_after_seconds
-from taxiops.server import free_port
 from tests.notify.notify_helpers import trained_notice
 
 BOT_TOKEN = "xoxb-1234-secret-bot-token"

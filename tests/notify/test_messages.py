@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from taxiops import events
+from taxiops import names
 from taxiops.notify import (
     InvalidNoticeError,
     ModelTrained,
@@ -209,7 +209,7 @@ def test_from_json_reads_a_template_rendering() -> None:
     body = json.dumps(
         {
             "kind": "succeeded",
-            "event": events.MODEL_TRAINED,
+            "event": names.MODEL_TRAINED,
             "flow_run_id": FLOW_RUN_ID,
             "flow_run_name": "nice-otter",
             "flow_name": "",
@@ -247,8 +247,8 @@ def test_from_json_reads_a_template_rendering() -> None:
         ({"state": "TimedOut"}, NoticeKind.TIMED_OUT),
         ({"kind": "timed-out"}, NoticeKind.TIMED_OUT),
         ({"kind": "Missing-Month"}, NoticeKind.MISSING_MONTH),
-        ({"event": events.DATA_REJECTED}, NoticeKind.REJECTED),
-        ({"event": events.MONTH_MISSING}, NoticeKind.MISSING_MONTH),
+        ({"event": names.DATA_REJECTED}, NoticeKind.REJECTED),
+        ({"event": names.MONTH_MISSING}, NoticeKind.MISSING_MONTH),
         ({"event": "prefect.flow-run.Crashed"}, NoticeKind.CRASHED),
     ],
 )
@@ -303,7 +303,7 @@ def test_to_payload_is_json_without_gaps() -> None:
 
 
 def test_payload_keys_are_the_single_source() -> None:
-    from taxiops.report import TrainingSummary
+    from taxiops.pipeline.report import TrainingSummary
 
     shared = set(MODEL_TRAINED_KEYS) - {"path", "rows_kept"}
     assert shared <= set(TrainingSummary.model_fields), "ModelTrained drifted from TrainingSummary"
@@ -324,7 +324,7 @@ def test_notice_json_round_trips() -> None:
 
 
 def test_the_rejection_payload_flows_and_watcher_send_renders_every_fact() -> None:
-    payload = events.data_rejected_payload(
+    payload = names.data_rejected_payload(
         "/srv/data/incoming/green_tripdata_2023-03.parquet",
         "outside-month",
         "100% of 2,000 pickups fall outside 2023-03 (they span 2023-02-01 .. 2023-02-28)",

@@ -18,7 +18,7 @@ from prefect.server.utilities.user_templates import (
     render_user_template,
 )
 
-from taxiops import events
+from taxiops import names
 from taxiops.notify import (
     FAILURE_BODY_TEMPLATE,
     MISSING_MONTH_BODY_TEMPLATE,
@@ -105,7 +105,7 @@ def _custom_event(name: str, payload: dict[str, Any]) -> ReceivedEvent:
         occurred=datetime(2024, 3, 2, 6, 1, tzinfo=UTC),
         event=name,
         id=uuid.uuid4(),
-        resource={"prefect.resource.id": events.month_resource_id("green", "2023-03")},
+        resource={"prefect.resource.id": names.month_resource_id("green", "2023-03")},
         related=[
             {
                 "prefect.resource.id": f"prefect.flow-run.{RUN_ID}",
@@ -219,7 +219,7 @@ async def test_trained_template_reads_the_training_summary_payload() -> None:
         seconds=12.5,
     ).to_payload()
     notice = await _render(
-        TRAINED_BODY_TEMPLATE, _context(_custom_event(events.MODEL_TRAINED, payload))
+        TRAINED_BODY_TEMPLATE, _context(_custom_event(names.MODEL_TRAINED, payload))
     )
 
     assert notice.kind is NoticeKind.SUCCEEDED
@@ -236,7 +236,7 @@ async def test_rejected_template_outside_a_flow_run() -> None:
         detail=HOSTILE,
         quarantined_to="data/quarantine/green_tripdata_2023-13.parquet",
     ).to_payload()
-    event = _custom_event(events.DATA_REJECTED, payload).model_copy(update={"related": []})
+    event = _custom_event(names.DATA_REJECTED, payload).model_copy(update={"related": []})
 
     notice = await _render(REJECTED_BODY_TEMPLATE, _context(event, with_objects=False))
 
@@ -252,7 +252,7 @@ async def test_missing_month_template() -> None:
     ).to_payload()
 
     notice = await _render(
-        MISSING_MONTH_BODY_TEMPLATE, _context(_custom_event(events.MONTH_MISSING, payload))
+        MISSING_MONTH_BODY_TEMPLATE, _context(_custom_event(names.MONTH_MISSING, payload))
     )
 
     assert notice.kind is NoticeKind.MISSING_MONTH
@@ -267,7 +267,7 @@ async def test_payload_templates_without_an_event_still_render_json(template: st
 
 
 async def test_subject_template() -> None:
-    event = _custom_event(events.MODEL_TRAINED, {})
+    event = _custom_event(names.MODEL_TRAINED, {})
     assert await render_user_template(SUBJECT_TEMPLATE, _context(event)) == "taxiops: nice-otter"
     assert await render_user_template(SUBJECT_TEMPLATE, _context(None)) == "taxiops: notification"
 
@@ -275,7 +275,7 @@ async def test_subject_template() -> None:
 def test_every_notify_kind_in_the_automation_files_has_a_body(settings: Settings) -> None:
     import yaml
 
-    from taxiops.alerting import AUTOMATIONS_DIR, body_templates
+    from taxiops.notify.automations import AUTOMATIONS_DIR, body_templates
 
     kinds = {
         yaml.safe_load(path.read_text().replace("${", "{")).get("notify")

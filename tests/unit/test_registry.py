@@ -21,7 +21,7 @@ from taxiops.ml import (
     write_synth_month,
 )
 from taxiops.ml.model import BOOSTER_FILE, ENCODER_FILE, MODEL_FILE
-from taxiops.registry import (
+from taxiops.registry._store import (
     CARD_FILE,
     PRODUCTION_FILE,
     ModelCard,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from taxiops.schedule import expected_month, newest_month_files, plan_retrain
+from taxiops.pipeline.schedule import expected_month, newest_month_files, plan_retrain
 from taxiops.tripfile import Month
 
 

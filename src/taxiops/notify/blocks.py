@@ -21,7 +21,7 @@ from prefect.blocks.abstract import NotificationBlock, NotificationError
 from pydantic import Field, SecretStr
 
 from taxiops.errors import TaxiopsError
-from taxiops.events import NOTIFIER_BLOCK_NAME, NOTIFIER_BLOCK_TYPE
+from taxiops.names import NOTIFIER_BLOCK_NAME, NOTIFIER_BLOCK_TYPE
 from taxiops.notify.channels import (
     APPRISE,
     DEFAULT_RETRY,

@@ -27,7 +27,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from taxiops import events
+from taxiops import names
 from taxiops.errors import TASK_FAILED_PREFIX, TaxiopsError
 
 NotifyLevel = Literal["info", "success", "warning", "failure"]
@@ -86,7 +86,7 @@ class _Facts(BaseModel):
 class ModelTrained(_Facts):
     """Payload of `taxiops.model.trained`: a challenger was trained and judged.
 
-    The names are those of `taxiops.report.TrainingSummary`, whose JSON dump the
+    The names are those of `taxiops.pipeline.report.TrainingSummary`, whose JSON dump the
     train flow emits; `rows_kept` and `path` are optional extras. Metrics are in
     minutes of trip duration on the validation month; `rmse`/`mae` are the challenger's.
     """
@@ -157,9 +157,9 @@ DATA_REJECTED_KEYS: tuple[str, ...] = tuple(DataRejected.model_fields)
 MONTH_MISSING_KEYS: tuple[str, ...] = tuple(MonthMissing.model_fields)
 
 _KIND_BY_EVENT: Mapping[str, NoticeKind] = {
-    events.MODEL_TRAINED: NoticeKind.SUCCEEDED,
-    events.DATA_REJECTED: NoticeKind.REJECTED,
-    events.MONTH_MISSING: NoticeKind.MISSING_MONTH,
+    names.MODEL_TRAINED: NoticeKind.SUCCEEDED,
+    names.DATA_REJECTED: NoticeKind.REJECTED,
+    names.MONTH_MISSING: NoticeKind.MISSING_MONTH,
 }
 _KIND_BY_STATE: Mapping[str, NoticeKind] = {
     "failed": NoticeKind.FAILED,

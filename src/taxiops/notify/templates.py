@@ -13,7 +13,7 @@ filter is Prefect's own: it serialises pydantic models and escapes `<>&'` as
 
 from __future__ import annotations
 
-from taxiops import events
+from taxiops import names
 
 # Shared lines: where the notice came from. `event` is None for proactive triggers.
 _ORIGIN = """\
@@ -74,7 +74,7 @@ def stale_data_body_template(window_days: float) -> str:
         "{\n"
         '  "kind": "missing_month",\n'
         '  "payload": {\n'
-        f'    "taxi_type": {{{{ (labels["{events.TAXI_TYPE_LABEL}"] or "")|string|tojson }}}},\n'
+        f'    "taxi_type": {{{{ (labels["{names.TAXI_TYPE_LABEL}"] or "")|string|tojson }}}},\n'
         f'    "days_since": {window_days:g}\n'
         "  }\n"
         "}"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taxiops.errors import DataValidationError, ValidationRule
+from taxiops.intake._incoming import PARQUET_MAGIC, FileSignature, has_parquet_footer
 from taxiops.tripfile import parse_trip_file
-from taxiops.watcher._incoming import PARQUET_MAGIC, FileSignature, has_parquet_footer
 
 
 @dataclass(frozen=True)

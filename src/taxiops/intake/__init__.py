@@ -8,7 +8,7 @@ watchdog event ─> IncomingFileHandler ─> Debouncer ─> inspect_entry (admis
 
 from __future__ import annotations
 
-from taxiops.watcher._admission import (
+from taxiops.intake._admission import (
     Admitted,
     Gone,
     Refused,
@@ -17,19 +17,19 @@ from taxiops.watcher._admission import (
     entry_signature,
     inspect_entry,
 )
-from taxiops.watcher._backoff import Backoff
-from taxiops.watcher._handler import DEFAULT_IGNORE_PATTERNS, IncomingFileHandler
-from taxiops.watcher._incoming import (
+from taxiops.intake._backoff import Backoff
+from taxiops.intake._handler import DEFAULT_IGNORE_PATTERNS, IncomingFileHandler
+from taxiops.intake._incoming import (
     FileSignature,
     FileTouched,
     IncomingFile,
     describe_incoming,
     has_parquet_footer,
 )
-from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry, Rejection, run_key
-from taxiops.watcher._retry import RetryRefusedError, retry_file
-from taxiops.watcher._service import WatcherService, WatcherStats, rejection_rows, status_rows
-from taxiops.watcher._submitter import (
+from taxiops.intake._ledger import FileState, Ledger, LedgerEntry, Rejection, run_key
+from taxiops.intake._retry import RetryRefusedError, retry_file
+from taxiops.intake._service import WatcherService, WatcherStats, rejection_rows, status_rows
+from taxiops.intake._submitter import (
     HandOffError,
     PrefectSubmitter,
     PrefectUnreachableError,

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from taxiops.cli import app
-from taxiops.quarantine import quarantined_entries, read_reason
+from taxiops.app.cli import app
+from taxiops.intake import Ledger, Rejection, WatcherService
+from taxiops.intake.quarantine import quarantined_entries, read_reason
 from taxiops.settings import Settings
-from taxiops.watcher import Ledger, Rejection, WatcherService
-from tests.watcher.watcher_helpers import (
+from tests.intake.watcher_helpers import (
     RecordingSubmitter,
     ServiceFactory,
     parquet_bytes,
@@ -70,7 +70,7 @@ class Watch:
         warnings = [
             r.getMessage()
             for r in self.caplog.records
-            if r.name == "taxiops.watcher" and r.levelno == logging.WARNING
+            if r.name == "taxiops.intake" and r.levelno == logging.WARNING
         ]
         assert any(name in line and rule in line for line in warnings), warnings
 
@@ -94,7 +94,7 @@ def watch_with(
     caplog: pytest.LogCaptureFixture,
 ) -> StartWatch:
     """Start a watcher (other settings, service options) and return its `Watch`."""
-    caplog.set_level(logging.INFO, logger="taxiops.watcher")
+    caplog.set_level(logging.INFO, logger="taxiops.intake")
 
     def start(settings: Settings | None = None, **options: object) -> Watch:
         settings = settings or watch_settings
@@ -323,8 +323,8 @@ def test_an_entry_quarantined_by_a_watcher_that_died_before_recording_it_still_a
     # The first half of a rejection, as a watcher killed between the move and the ledger
     # write leaves it: the entry and its reason file in quarantine, nothing in the ledger.
     from taxiops.errors import DataValidationError, ValidationRule
-    from taxiops.quarantine import REASON_SUFFIX, quarantine
-    from taxiops.watcher._rejections import record_unrecorded_quarantine
+    from taxiops.intake._rejections import record_unrecorded_quarantine
+    from taxiops.intake.quarantine import REASON_SUFFIX, quarantine
 
     bad = write_file(watch_settings.incoming_dir / "notes.txt", b"hello")
     error = DataValidationError(bad, ValidationRule.FILE_NAME, "not a month file")

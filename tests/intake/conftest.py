@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from taxiops.intake import WatcherService
 from taxiops.settings import Settings
-from taxiops.watcher import WatcherService
-from tests.watcher.watcher_helpers import FAST_BACKOFF, RecordingSubmitter, ServiceFactory
+from tests.intake.watcher_helpers import FAST_BACKOFF, RecordingSubmitter, ServiceFactory
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from taxiops.quarantine import read_reason
-from taxiops.settings import Settings
-from taxiops.watcher import (
+from taxiops.intake import (
     FileState,
     Ledger,
     RunOutcome,
@@ -24,7 +22,9 @@ from taxiops.watcher import (
     outcome_from_state,
     status_rows,
 )
-from tests.watcher.watcher_helpers import (
+from taxiops.intake.quarantine import read_reason
+from taxiops.settings import Settings
+from tests.intake.watcher_helpers import (
     RecordingSubmitter,
     ServiceFactory,
     parquet_bytes,
@@ -100,7 +100,7 @@ def test_files_that_are_not_month_files_are_quarantined_with_their_reason(
     watch_settings: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level("INFO", logger="taxiops.watcher")
+    caplog.set_level("INFO", logger="taxiops.intake")
     folder, quarantine_dir = watch_settings.incoming_dir, watch_settings.quarantine_dir
     service = make_service(recorder)
     service.start()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from taxiops.errors import TaxiopsError
+from taxiops.intake._ledger import FileState, Ledger, LedgerEntry
 from taxiops.tripfile import sha256_of
-from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry
 
 
 class RetryRefusedError(TaxiopsError):

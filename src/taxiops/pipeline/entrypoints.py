@@ -8,7 +8,7 @@ from typing import Any
 from prefect import Flow
 from prefect.flows import load_flow_from_entrypoint
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 TRAIN_ENTRYPOINT = "flows/train.py:train_duration_model"
 RETRAIN_ENTRYPOINT = "flows/retrain.py:monthly_retrain"
 

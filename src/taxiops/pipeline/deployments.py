@@ -6,20 +6,20 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 from prefect.schedules import Cron
 
-from taxiops import events
-from taxiops.entrypoints import RETRAIN_ENTRYPOINT, TRAIN_ENTRYPOINT, load_flow
+from taxiops import names
+from taxiops.pipeline.entrypoints import RETRAIN_ENTRYPOINT, TRAIN_ENTRYPOINT, load_flow
 from taxiops.settings import Settings
 
 
 async def served_deployments(settings: Settings) -> list[RunnerDeployment]:
     """The file-triggered training deployment and the monthly retrain schedule."""
     train = await load_flow(TRAIN_ENTRYPOINT).ato_deployment(
-        name=events.TRAIN_DEPLOYMENT,
+        name=names.TRAIN_DEPLOYMENT,
         description="Train a challenger when the watcher hands over a new month file.",
         tags=["taxiops", "file-triggered"],
     )
     retrain = await load_flow(RETRAIN_ENTRYPOINT).ato_deployment(
-        name=events.RETRAIN_DEPLOYMENT,
+        name=names.RETRAIN_DEPLOYMENT,
         description="Retrain each taxi type on its newest month; fail on a missing month.",
         tags=["taxiops", "scheduled"],
         schedules=[Cron(settings.schedule_cron, timezone=settings.schedule_timezone)],

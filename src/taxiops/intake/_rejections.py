@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taxiops.errors import DataValidationError
-from taxiops.quarantine import REASON_SUFFIX, quarantine, quarantined_entries, read_reason
-from taxiops.watcher._backoff import Backoff
-from taxiops.watcher._ledger import Ledger, Rejection
-from taxiops.watcher._submitter import Submitter
+from taxiops.intake._backoff import Backoff
+from taxiops.intake._ledger import Ledger, Rejection
+from taxiops.intake._submitter import Submitter
+from taxiops.intake.quarantine import REASON_SUFFIX, quarantine, quarantined_entries, read_reason
 
-logger = logging.getLogger("taxiops.watcher")
+logger = logging.getLogger("taxiops.intake")
 
 
 def quarantine_and_record(

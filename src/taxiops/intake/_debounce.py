@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from taxiops.watcher._incoming import FileSignature
+from taxiops.intake._incoming import FileSignature
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from taxiops.watcher._incoming import IncomingFile
+from taxiops.intake._incoming import IncomingFile
 
 _SCHEMA_VERSION = 2
 _FILES_TABLE = """

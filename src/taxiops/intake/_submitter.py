@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
-from taxiops import events
+from taxiops import names
 from taxiops.errors import TaxiopsError, ValidationRule
-from taxiops.watcher._incoming import IncomingFile
-from taxiops.watcher._ledger import Rejection, run_key
+from taxiops.intake._incoming import IncomingFile
+from taxiops.intake._ledger import Rejection, run_key
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -120,11 +120,11 @@ def outcome_from_state(state_type: str, state_name: str, message: str | None) ->
     """Map a Prefect state (`COMPLETED`, `FAILED`, ...) to a `RunOutcome`.
 
     A failed run broke a data rule (`rejected`) when its state is named
-    `events.REJECTED_STATE` (how the training flow reports a `DataValidationError`)
+    `names.REJECTED_STATE` (how the training flow reports a `DataValidationError`)
     or when its message names `DataValidationError` (the exception escaped the flow).
     """
     detail = f"{state_name}: {message}" if message else state_name
-    rejected = state_name == events.REJECTED_STATE or _REJECTION_MARKER in (message or "")
+    rejected = state_name == names.REJECTED_STATE or _REJECTION_MARKER in (message or "")
     match state_type.upper():
         case "COMPLETED":
             return RunOutcome(RunStatus.SUCCEEDED, detail)
@@ -146,7 +146,7 @@ def arrival_event_id(sha256: str, flow_run_id: str) -> uuid.UUID:
     Stable across re-sends of one hand-off (the idempotency key returns the same run),
     so the server stores the event once; a new run (the old one vanished) gets a new event.
     """
-    return uuid.uuid5(_EVENT_NAMESPACE, f"{events.DATA_ARRIVED}:{sha256}:{flow_run_id}")
+    return uuid.uuid5(_EVENT_NAMESPACE, f"{names.DATA_ARRIVED}:{sha256}:{flow_run_id}")
 
 
 class PrefectSubmitter:
@@ -161,7 +161,7 @@ class PrefectSubmitter:
         self,
         api_url: str,
         *,
-        deployment_name: str = events.TRAIN_DEPLOYMENT_FULL,
+        deployment_name: str = names.TRAIN_DEPLOYMENT_FULL,
         request_timeout_seconds: float = 10.0,
     ) -> None:
         self._api_url = api_url.rstrip("/")
@@ -236,9 +236,9 @@ class PrefectSubmitter:
                 event = Event.model_validate(
                     {
                         "id": arrival_event_id(incoming.sha256, str(run.id)),
-                        "event": events.DATA_ARRIVED,
+                        "event": names.DATA_ARRIVED,
                         # Carries the taxi-type label the "no new data" automation groups by.
-                        "resource": events.month_resource(taxi_type, month, incoming.path.name),
+                        "resource": names.month_resource(taxi_type, month, incoming.path.name),
                         "related": [
                             {
                                 "prefect.resource.id": f"prefect.flow-run.{run.id}",
@@ -251,7 +251,7 @@ class PrefectSubmitter:
                                 "prefect.resource.name": self._deployment_name,
                             },
                             {
-                                "prefect.resource.id": events.taxi_type_resource_id(taxi_type),
+                                "prefect.resource.id": names.taxi_type_resource_id(taxi_type),
                                 "prefect.resource.role": "taxi-type",
                             },
                         ],
@@ -275,9 +275,9 @@ class PrefectSubmitter:
         event = Event.model_validate(
             {
                 "id": rejection.id,
-                "event": events.DATA_REJECTED,
-                "resource": events.file_resource(rejection.path.name),
-                "payload": events.data_rejected_payload(
+                "event": names.DATA_REJECTED,
+                "resource": names.file_resource(rejection.path.name),
+                "payload": names.data_rejected_payload(
                     str(rejection.path),
                     rule.value,
                     rejection.detail,

@@ -22,7 +22,7 @@ from watchdog.events import (
     PatternMatchingEventHandler,
 )
 
-from taxiops.watcher._incoming import FileTouched, TouchKind
+from taxiops.intake._incoming import FileTouched, TouchKind
 
 # Names editors and downloaders use while a file is in flight; skipped without a log line.
 # `**/` because watchdog matches patterns against the whole path.

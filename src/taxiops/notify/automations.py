@@ -23,12 +23,12 @@ from prefect.client.orchestration import PrefectClient
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import AutomationCore
 
-from taxiops import events
+from taxiops import names
 from taxiops.errors import TaxiopsError
 from taxiops.notify import templates
 from taxiops.settings import Settings
 
-AUTOMATIONS_DIR = Path(__file__).resolve().parents[2] / "automations"
+AUTOMATIONS_DIR = Path(__file__).resolve().parents[3] / "automations"
 
 
 class AutomationSpecError(TaxiopsError):
@@ -56,8 +56,8 @@ def load_automations(
 ) -> list[AutomationCore]:
     """Every automation in `folder`, sending through the notifier block `notifier_id`."""
     values = {
-        "train_flow": events.TRAIN_FLOW,
-        "retrain_flow": events.RETRAIN_FLOW,
+        "train_flow": names.TRAIN_FLOW,
+        "retrain_flow": names.RETRAIN_FLOW,
         "missing_data_seconds": f"{settings.missing_data_days * 86_400:g}",
         "silent_run_seconds": f"{settings.silent_run_seconds:g}",
     }

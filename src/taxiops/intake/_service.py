@@ -27,8 +27,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver, PollingObserverVFS
 
 from taxiops.errors import DataValidationError, ValidationRule
-from taxiops.tripfile import parse_trip_file, sha256_of
-from taxiops.watcher._admission import (
+from taxiops.intake._admission import (
     Admitted,
     Gone,
     Refused,
@@ -36,28 +35,29 @@ from taxiops.watcher._admission import (
     entry_signature,
     inspect_entry,
 )
-from taxiops.watcher._backoff import Backoff
-from taxiops.watcher._debounce import Debouncer, DueCheck
-from taxiops.watcher._handler import WATCHED_EVENT_TYPES, IncomingFileHandler
-from taxiops.watcher._incoming import (
+from taxiops.intake._backoff import Backoff
+from taxiops.intake._debounce import Debouncer, DueCheck
+from taxiops.intake._handler import WATCHED_EVENT_TYPES, IncomingFileHandler
+from taxiops.intake._incoming import (
     FileSignature,
     FileTouched,
     IncomingFile,
     describe_incoming,
 )
-from taxiops.watcher._ledger import FileState, Ledger, LedgerEntry, Rejection
-from taxiops.watcher._rejections import (
+from taxiops.intake._ledger import FileState, Ledger, LedgerEntry, Rejection
+from taxiops.intake._rejections import (
     quarantine_and_record,
     record_unrecorded_quarantine,
     record_vanished,
     send_rejection_alerts,
 )
-from taxiops.watcher._submitter import RunOutcome, RunStatus, Submitter
+from taxiops.intake._submitter import RunOutcome, RunStatus, Submitter
+from taxiops.tripfile import parse_trip_file, sha256_of
 
 if TYPE_CHECKING:
     from taxiops.settings import Settings
 
-logger = logging.getLogger("taxiops.watcher")
+logger = logging.getLogger("taxiops.intake")
 
 _MAX_IDLE_SECONDS = 1.0  # look at the ledger at least this often (other processes write it too)
 _ERROR_PAUSE_SECONDS = 1.0

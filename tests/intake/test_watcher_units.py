@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from taxiops import events
+from taxiops import names
 from taxiops.errors import DataValidationError
-from taxiops.watcher import (
+from taxiops.intake import (
     Admitted,
     Backoff,
     FileSignature,
@@ -26,8 +26,8 @@ from taxiops.watcher import (
     inspect_entry,
     outcome_from_state,
 )
-from taxiops.watcher._debounce import Debouncer
-from tests.watcher.watcher_helpers import parquet_bytes, sha256
+from taxiops.intake._debounce import Debouncer
+from tests.intake.watcher_helpers import parquet_bytes, sha256
 
 
 def test_a_torn_parquet_file_has_no_footer(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_backoff_doubles_up_to_its_ceiling() -> None:
         ("COMPLETED", "Completed", None, RunStatus.SUCCEEDED),
         (
             "FAILED",
-            events.REJECTED_STATE,
+            names.REJECTED_STATE,
             "x.parquet: missing-column: missing column(s) ...",
             RunStatus.REJECTED,
         ),

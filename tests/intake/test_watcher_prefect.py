@@ -21,11 +21,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Completed, Crashed, Failed
 from prefect.utilities.callables import parameter_schema
 
-from taxiops import events
+from taxiops import names
+from taxiops.app.server import LocalPrefectServer, free_port
 from taxiops.errors import ValidationRule
-from taxiops.server import LocalPrefectServer, free_port
-from taxiops.settings import Settings
-from taxiops.watcher import (
+from taxiops.intake import (
     Backoff,
     FileState,
     HandOffError,
@@ -37,12 +36,13 @@ from taxiops.watcher import (
     arrival_event_id,
     describe_incoming,
 )
-from tests.watcher.watcher_helpers import ServiceFactory, parquet_bytes, wait_for, write_file
+from taxiops.settings import Settings
+from tests.intake.watcher_helpers import ServiceFactory, parquet_bytes, wait_for, write_file
 
 pytestmark = pytest.mark.timeout(90)
 
 
-@flow(name=events.TRAIN_FLOW)
+@flow(name=names.TRAIN_FLOW)
 def stand_in_training_flow(new_file: str, expected_sha256: str | None = None) -> None:
     """Stands in for the training flow: same name, same parameters."""
 
@@ -54,12 +54,12 @@ def api_url(prefect_server: LocalPrefectServer) -> Iterator[str]:
     created = None
     with SyncPrefectClient(prefect_server.api_url) as client:
         try:
-            client.read_deployment_by_name(events.TRAIN_DEPLOYMENT_FULL)
+            client.read_deployment_by_name(names.TRAIN_DEPLOYMENT_FULL)
         except ObjectNotFound:
             flow_id = client.create_flow(stand_in_training_flow)
             created = client.create_deployment(
                 flow_id,
-                events.TRAIN_DEPLOYMENT,
+                names.TRAIN_DEPLOYMENT,
                 # Enforced, so a hand-off with the wrong parameter names fails loudly.
                 parameter_openapi_schema=parameter_schema(
                     stand_in_training_flow.fn
@@ -105,7 +105,7 @@ def test_submitting_the_same_bytes_twice_creates_one_flow_run(
     )
     assert str(run.id) == first.flow_run_id
     assert run.parameters == {"new_file": str(incoming.path), "expected_sha256": incoming.sha256}
-    assert run.deployment_id == client.read_deployment_by_name(events.TRAIN_DEPLOYMENT_FULL).id
+    assert run.deployment_id == client.read_deployment_by_name(names.TRAIN_DEPLOYMENT_FULL).id
     assert submitter.read_outcome(first.flow_run_id).status is RunStatus.ACTIVE
 
 
@@ -131,9 +131,9 @@ def test_the_arrival_event_reaches_the_server(
     submitter = PrefectSubmitter(api_url)
     submission = submitter.submit(incoming)
     assert submitter.submit(incoming) == submission  # a re-sent hand-off: same run, same event
-    resource_id = events.month_resource_id("yellow", "2023-02")
+    resource_id = names.month_resource_id("yellow", "2023-02")
     event_filter = EventFilter(
-        event=EventNameFilter(name=[events.DATA_ARRIVED]),
+        event=EventNameFilter(name=[names.DATA_ARRIVED]),
         resource=EventResourceFilter(id=[resource_id]),
     )
 
@@ -151,7 +151,7 @@ def test_the_arrival_event_reaches_the_server(
 
     event = wait_for(arrived, timeout=30, what="the arrival event in the event store")
     assert event.resource.id == resource_id
-    assert event.resource[events.TAXI_TYPE_LABEL] == "yellow"  # what automations group by
+    assert event.resource[names.TAXI_TYPE_LABEL] == "yellow"  # what automations group by
     assert event.payload == {
         **incoming.event_payload(),
         "flow_run_id": submission.flow_run_id,
@@ -160,7 +160,7 @@ def test_the_arrival_event_reaches_the_server(
     assert sum(e.id == event.id for e in same_resource) == 1  # stored once
     related = {r.role: r.id for r in event.related}
     assert related["flow-run"] == f"prefect.flow-run.{submission.flow_run_id}"
-    assert related["taxi-type"] == events.taxi_type_resource_id("yellow")
+    assert related["taxi-type"] == names.taxi_type_resource_id("yellow")
 
 
 def test_a_rejection_is_announced_once_however_often_it_is_sent(
@@ -180,8 +180,8 @@ def test_a_rejection_is_announced_once_however_often_it_is_sent(
     submitter.announce_rejection(rejection)
     submitter.announce_rejection(rejection)  # a re-send after a lost acknowledgement
     event_filter = EventFilter(
-        event=EventNameFilter(name=[events.DATA_REJECTED]),
-        resource=EventResourceFilter(id=[events.file_resource(name)["prefect.resource.id"]]),
+        event=EventNameFilter(name=[names.DATA_REJECTED]),
+        resource=EventResourceFilter(id=[names.file_resource(name)["prefect.resource.id"]]),
     )
 
     def stored() -> list[Event]:
@@ -208,7 +208,7 @@ def test_flow_run_states_are_read_back_as_outcomes(
         # How the training flow reports a broken data rule: a Failed state named Rejected.
         (
             Failed(
-                name=events.REJECTED_STATE,
+                name=names.REJECTED_STATE,
                 message="green_tripdata_2019-01.parquet: no-rows-left: ...",
             ),
             RunStatus.REJECTED,

@@ -12,8 +12,8 @@ import typer
 from taxiops.errors import TaxiopsError
 
 if TYPE_CHECKING:
-    from taxiops.alerting import ApplyReport
-    from taxiops.service import ServiceReady
+    from taxiops.app.service import ServiceReady
+    from taxiops.notify.automations import ApplyReport
 
 app = typer.Typer(
     help="Keep a NYC taxi trip-duration model fresh: drop a month file, get a model, hear about it.",
@@ -39,9 +39,9 @@ def train(
     """Run the training flow once against the configured Prefect API."""
     from prefect.client.schemas.objects import State
 
-    from taxiops import events
-    from taxiops.entrypoints import TRAIN_ENTRYPOINT, load_flow
-    from taxiops.report import TrainingSummary
+    from taxiops import names
+    from taxiops.pipeline.entrypoints import TRAIN_ENTRYPOINT, load_flow
+    from taxiops.pipeline.report import TrainingSummary
 
     train_flow = load_flow(TRAIN_ENTRYPOINT)
     state = cast(
@@ -55,7 +55,7 @@ def train(
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         message = str(error) if isinstance(error, BaseException) else (state.message or state.name)
-        if state.name == events.REJECTED_STATE and state.message:
+        if state.name == names.REJECTED_STATE and state.message:
             message = state.message  # also says where the file was moved
         if as_json:
             print(json.dumps({"error": message, "state": state.name}))
@@ -149,7 +149,7 @@ def up(
     ] = True,
 ) -> None:
     """Start everything: Prefect server (unless PREFECT_API_URL is set), deployments, automations, watcher."""
-    from taxiops.service import run_service
+    from taxiops.app.service import run_service
     from taxiops.settings import load_settings
 
     _show_taxiops_logs()
@@ -162,9 +162,9 @@ def demo(
     rows: Annotated[int, typer.Option(help="Trips per synthetic sample month.")] = 20_000,
 ) -> None:
     """The offline demo: sample months in the incoming folder, alerts in this terminal, then `up`."""
+    from taxiops.app.service import run_service
     from taxiops.ml import write_synth_month
     from taxiops.notify import SlackInbox
-    from taxiops.service import run_service
     from taxiops.settings import load_settings
     from taxiops.tripfile import Month, TaxiType, file_name_for
 
@@ -214,8 +214,8 @@ def _announce_demo(ready: ServiceReady) -> None:
 @app.command()
 def watch() -> None:
     """Run the watcher alone, handing files to deployments served elsewhere (PREFECT_API_URL)."""
+    from taxiops.intake import PrefectSubmitter, WatcherService
     from taxiops.settings import load_settings
-    from taxiops.watcher import PrefectSubmitter, WatcherService
 
     _show_taxiops_logs()
     settings = load_settings()
@@ -233,8 +233,8 @@ def retry(
     ],
 ) -> None:
     """Hand a file whose training run failed or crashed to Prefect again, as a new run."""
+    from taxiops.intake import Ledger, retry_file
     from taxiops.settings import load_settings
-    from taxiops.watcher import Ledger, retry_file
 
     settings = load_settings()
     if not settings.ledger_path.is_file():
@@ -257,9 +257,9 @@ def retry(
 def status() -> None:
     """Print the ledger of month files, the entries quarantined, and the model in production
     for each taxi type."""
+    from taxiops.intake import rejection_rows, status_rows
     from taxiops.registry import ModelRegistry
     from taxiops.settings import load_settings
-    from taxiops.watcher import rejection_rows, status_rows
 
     settings = load_settings()
     rows = status_rows(settings)
@@ -318,8 +318,8 @@ def automations_apply() -> None:
 
     from prefect.client.orchestration import get_client
 
-    from taxiops.alerting import set_up_alerting
-    from taxiops.server import ui_url_for
+    from taxiops.app.server import ui_url_for
+    from taxiops.notify.automations import set_up_alerting
     from taxiops.settings import load_settings
 
     settings = load_settings()

@@ -20,14 +20,14 @@ from prefect.client.orchestration import get_client
 from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-from taxiops.alerting import ApplyReport, set_up_alerting
-from taxiops.deployments import start_serving
+from taxiops.app.server import LocalPrefectServer, is_healthy, ui_url_for
 from taxiops.errors import TaxiopsError
-from taxiops.server import LocalPrefectServer, is_healthy, ui_url_for
+from taxiops.intake import PrefectSubmitter, WatcherService
+from taxiops.notify.automations import ApplyReport, set_up_alerting
+from taxiops.pipeline.deployments import start_serving
 from taxiops.settings import Settings
-from taxiops.watcher import PrefectSubmitter, WatcherService
 
-logger = logging.getLogger("taxiops.service")
+logger = logging.getLogger("taxiops.app.service")
 
 # A runner that stops this soon after starting, this many times in a row, is broken, not
 # waiting out an outage (an outage lets the first start run for minutes).

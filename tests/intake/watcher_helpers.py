@@ -14,7 +14,7 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taxiops.watcher import (
+from taxiops.intake import (
     Backoff,
     IncomingFile,
     Rejection,

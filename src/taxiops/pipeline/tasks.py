@@ -1,7 +1,7 @@
 """Thin Prefect tasks over `taxiops.ml` and the registry: retries and cache keys, nothing else.
 
 Caching: every task is keyed on the *content* fingerprints of its inputs (see
-`taxiops.lineage`), its other parameters, and the version of the code that
+`taxiops.pipeline.lineage`), its other parameters, and the version of the code that
 computes it. A replaced file with the same name therefore misses the cache.
 
 Retries: only transient faults (I/O, timeouts, lost connections) are retried,
@@ -28,7 +28,7 @@ from prefect.utilities.hashing import hash_objects
 import taxiops
 from taxiops import ml
 from taxiops.errors import DataValidationError, TaxiopsError, ValidationRule
-from taxiops.lineage import FingerprintedFile, MonthData, TrainedModel, model_key
+from taxiops.pipeline.lineage import FingerprintedFile, MonthData, TrainedModel, model_key
 from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, Promotion, RegistryRef
 from taxiops.settings import Settings
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from taxiops.intake import FileState, IncomingFile, Ledger
 from taxiops.tripfile import Month
-from taxiops.watcher import FileState, IncomingFile, Ledger
-from tests.watcher.watcher_helpers import parquet_bytes, sha256
+from tests.intake.watcher_helpers import parquet_bytes, sha256
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,7 +129,7 @@ def test_requeue_and_forget_as_vanished(tmp_path: Path) -> None:
 
 _CLAIMER = """
 import sys
-from taxiops.watcher import Ledger
+from taxiops.intake import Ledger
 ledger, owner, shas = Ledger(sys.argv[1]), sys.argv[2], sys.argv[3:]
 print("\\n".join(s for s in shas if ledger.claim(s, owner, lease_seconds=600)), flush=True)
 """
