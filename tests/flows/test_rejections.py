@@ -114,8 +114,8 @@ def the_one_rejection_event(since: datetime, flow_run_id: str, name: str = BAD) 
 
     def state_events() -> list[str] | None:
         run = f"prefect.flow-run.{flow_run_id}"
-        names = [e.event for e in events_since(since, run, "prefect.flow-run.")]
-        return names if f"prefect.flow-run.{names.REJECTED_STATE}" in names else None
+        seen = [e.event for e in events_since(since, run, "prefect.flow-run.")]
+        return seen if f"prefect.flow-run.{names.REJECTED_STATE}" in seen else None
 
     def rejections() -> list[Event]:
         file_id = names.file_resource(name)["prefect.resource.id"]

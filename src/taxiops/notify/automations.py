@@ -114,9 +114,9 @@ async def apply_automations(client: PrefectClient, wanted: list[AutomationCore])
     """Make the server hold exactly one automation per wanted name, equal to the file, and
     no taxiops automation that no file declares any more (a renamed or deleted file)."""
     report = ApplyReport()
-    names = {automation.name for automation in wanted}
+    wanted_names = {automation.name for automation in wanted}
     for stale in await client.read_automations():
-        if stale.name.startswith(MANAGED_PREFIX) and stale.name not in names:
+        if stale.name.startswith(MANAGED_PREFIX) and stale.name not in wanted_names:
             await client.delete_automation(stale.id)
             report.removed.append(stale.name)
     for automation in wanted:

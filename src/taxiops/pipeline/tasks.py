@@ -75,14 +75,17 @@ def retry_on_transient_fault(task: Task[..., Any], task_run: TaskRun, state: Sta
 # --- caching ---------------------------------------------------------------------
 @cache
 def code_version() -> str:
-    """Hash of the code that shapes results: the package version, `ml/`, lineage, registry and tasks."""
+    """Hash of the code that shapes results: the package version, `ml/`, `registry/`,
+    lineage, tasks and tripfile."""
     package = Path(taxiops.__file__).parent
     digest = hashlib.sha256(taxiops.__version__.encode())
-    sources = sorted((package / "ml").glob("*.py")) + [
-        package / name for name in ("lineage.py", "registry.py", "tasks.py", "tripfile.py")
+    sources = [
+        *sorted((package / "ml").glob("*.py")),
+        *sorted((package / "registry").glob("*.py")),
+        *(package / name for name in ("pipeline/lineage.py", "pipeline/tasks.py", "tripfile.py")),
     ]
     for source in sources:
-        digest.update(source.name.encode())
+        digest.update(str(source.relative_to(package)).encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
