@@ -125,6 +125,22 @@ class Settings(BaseSettings):
         description="A month file left empty or without a parquet footer this long is quarantined.",
     )
 
+    # --- fetching real months (`taxiops fetch`) -----------------------------------
+    tlc_base_url: str = Field(
+        "https://d37ci6vzurychx.cloudfront.net/trip-data/",
+        description="Where TLC publishes the monthly trip files (<type>_tripdata_YYYY-MM.parquet).",
+    )
+    fetch_concurrency: int = Field(2, ge=1, description="Month files downloaded at once.")
+    fetch_retries: int = Field(
+        5, ge=0, description="Retries of a download after a 5xx, a timeout or a cut connection."
+    )
+    fetch_retry_delay_seconds: float = Field(
+        1.0, ge=0, description="First delay before a download retry; doubles, at most 30 s."
+    )
+    fetch_timeout_seconds: float = Field(
+        30.0, gt=0, description="A download waiting this long for a byte counts as timed out."
+    )
+
     # --- notifications -------------------------------------------------------
     slack_webhook_url: SecretStr | None = Field(
         None,

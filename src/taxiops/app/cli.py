@@ -97,6 +97,59 @@ def synth(
         print(path)
 
 
+@app.command()
+def fetch(
+    taxi_type: Annotated[str, typer.Argument(help="green or yellow.")],
+    months: Annotated[
+        list[str],
+        typer.Argument(help="YYYY-MM or YYYY-MM..YYYY-MM (inclusive); several allowed."),
+    ],
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", help="Folder to put the files in. Default: the incoming folder."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Download months already present or in the ledger again."),
+    ] = False,
+) -> None:
+    """Download TLC month files from TAXIOPS_TLC_BASE_URL: resumable, verified, never partial."""
+    from taxiops.app.progress import fetch_progress_for
+    from taxiops.intake.fetch import (
+        FetchInterruptedError,
+        FetchOptions,
+        MonthFile,
+        fetch_months,
+        parse_months,
+    )
+    from taxiops.settings import load_settings
+    from taxiops.tripfile import TAXI_TYPES
+
+    if taxi_type not in TAXI_TYPES:
+        raise typer.BadParameter(f"TYPE must be one of {', '.join(TAXI_TYPES)}")
+    try:
+        wanted = parse_months(months)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    options = FetchOptions.from_settings(load_settings(), folder=to, force=force)
+    requests = [MonthFile(taxi_type, month) for month in wanted]
+    try:
+        with fetch_progress_for(sys.stdout) as progress:
+            results = fetch_months(requests, options, progress)
+    except FetchInterruptedError as exc:
+        typer.secho(str(exc), err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(130) from None
+    failed = [r for r in results if not r.ok]
+    fetched = sum(r.outcome == "fetched" for r in results)
+    print(
+        f"{fetched} fetched, {len(results) - fetched - len(failed)} skipped, "
+        f"{len(failed)} not fetched, into {options.folder}",
+        flush=True,
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
 def _show_taxiops_logs() -> None:
     """INFO lines of taxiops's own loggers (a file seen, handed off, finished) on stderr."""
     import logging
