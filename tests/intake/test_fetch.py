@@ -351,3 +351,22 @@ def test_two_fetches_of_the_same_months_at_once_land_each_file_once(
     # The watcher's handler never reported a part file: in flight names are ignored.
     reported = {t.path.name for t in touches} - {incoming.name}  # the folder's own modifications
     assert reported == {JAN.name, FEB.name, "sentinel"}
+
+
+def test_rich_progress_shows_bytes_rate_and_total(
+    source: Source, mirror: TLCMirror, incoming: Path
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from taxiops.app.progress import RichFetchProgress
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160, color_system=None)
+    with RichFetchProgress(console) as progress:
+        results = fetch_months([JAN, FEB], options(mirror, incoming), progress)
+    text = screen.getvalue()
+    assert all(r.outcome is FetchOutcome.FETCHED for r in results)
+    for line in ("total", JAN.name, FEB.name, "MiB", "/s", f"{JAN}: fetched"):
+        assert line in text, text[-2000:]
