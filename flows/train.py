@@ -3,9 +3,14 @@
 Orchestration only: every step is a task in `taxiops.pipeline.tasks`; the ML lives in
 `taxiops.ml` and the registry in `taxiops.registry`.
 
+Each month file is read once: the bytes hashed are the bytes trained on, so the
+summary, the model card and the ledger name only bytes the model really saw.
+
 A file that breaks a data rule ends the run in a Failed state named "Rejected";
 when the file lies in the incoming folder it is moved to the quarantine folder
 beside it (with a reason file), and one `taxiops.data.rejected` event says so.
+A file replaced on disk since the run read it is neither moved nor alerted on: its
+newer bytes are trained in a run of their own.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from taxiops import ml, names
 from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
 from taxiops.intake.quarantine import QuarantinedFile, quarantine
 from taxiops.pipeline import tasks
-from taxiops.pipeline.lineage import FingerprintedFile, MonthData
+from taxiops.pipeline.lineage import FingerprintedFile, MonthBytes, MonthData
 from taxiops.pipeline.report import MonthRows, TrainingSummary, registry_table, render_markdown
 from taxiops.registry import ModelRegistry
 from taxiops.settings import Settings, load_settings
@@ -95,19 +100,13 @@ def train_duration_model(
     logger = get_run_logger()
     read: list[FingerprintedFile] = []
     try:
-        target = _fingerprint(new_file, read)
-        if expected_sha256 is not None and target.sha256 != expected_sha256:
-            raise DataValidationError(
-                target.path,
-                ValidationRule.FILE_CHANGED,
-                f"bytes changed after arrival (sha256 {expected_sha256[:12]} -> {target.sha256[:12]})",
-            )
-        sources = (
-            [_fingerprint(p, read) for p in train_files]
-            if train_files is not None
-            else _earlier_months(target, settings.train_months, read)
+        # No local keeps the bytes: `_train` lets go of them once they are parsed.
+        summary = _train(
+            settings,
+            _read_months(settings, new_file, train_files, expected_sha256, read),
+            started,
+            skip_bad_sources=train_files is None,
         )
-        summary = _train(settings, target, sources, started, skip_bad_sources=train_files is None)
     except DataValidationError as exc:
         # A Failed state named "Rejected": the UI and the `prefect.flow-run.Rejected`
         # event say what happened, and the generic failure alert stays quiet.
@@ -126,26 +125,56 @@ def train_duration_model(
     return summary
 
 
+def _read_months(
+    settings: Settings,
+    new_file: str,
+    train_files: list[str] | None,
+    expected_sha256: str | None,
+    read: list[FingerprintedFile],
+) -> list[MonthBytes]:
+    """The bytes of the training months and, last, of `new_file`, each read once.
+
+    Bytes of `new_file` other than the `expected_sha256` the watcher recorded are refused
+    as `file-changed`: the watcher records the newer bytes and hands them off on their own.
+    """
+    target = _read(settings, new_file, read)
+    if expected_sha256 is not None and target.file.sha256 != expected_sha256:
+        raise DataValidationError(
+            target.file.path,
+            ValidationRule.FILE_CHANGED,
+            f"bytes changed after arrival (sha256 {expected_sha256[:12]} -> "
+            f"{target.file.sha256[:12]}); the newer bytes are trained in a run of their own",
+        )
+    if train_files is not None:
+        sources = [_read(settings, p, read) for p in train_files]
+    else:
+        sources = _earlier_months(settings, target.file, read)
+    return [*sources, target]
+
+
 def _train(
     settings: Settings,
-    target: FingerprintedFile,
-    sources: list[FingerprintedFile],
+    contents: list[MonthBytes],
     started: float,
     *,
     skip_bad_sources: bool,
 ) -> TrainingSummary:
-    """Load, train, judge, register. With `skip_bad_sources`, a bad earlier month found in
-    the folder is left out (its own run rejects and quarantines it) instead of failing the
-    new month; training months named by the caller must all be good."""
+    """Load, train, judge, register; `contents` are the training months' bytes and, last,
+    the new month's (emptied once parsed, to free them). With `skip_bad_sources`, a bad
+    earlier month found in the folder is left out (its own run rejects and quarantines it)
+    instead of failing the new month; training months named by the caller must all be good."""
     steps = _Steps(settings)
+    target = contents[-1].file
     rules = (
+        settings.max_file_rows,
         settings.min_duration_minutes,
         settings.max_duration_minutes,
         settings.max_outside_month_share,
     )
     *from_sources, validation = steps.run_all(
-        tasks.load_month, [(f, *rules) for f in [*sources, target]]
+        tasks.load_month, [(content, *rules) for content in contents]
     )
+    contents.clear()
     if isinstance(validation, DataValidationError):
         raise validation
     train_months: list[MonthData] = []
@@ -233,10 +262,11 @@ def _publish(settings: Settings, summary: TrainingSummary) -> None:
     )
 
 
-def _fingerprint(path: str | Path, read: list[FingerprintedFile]) -> FingerprintedFile:
-    """Hash a month file (remembered in `read`); a file gone since the hand-off is rejected."""
+def _read(settings: Settings, path: str | Path, read: list[FingerprintedFile]) -> MonthBytes:
+    """Read and hash a month file once (its fingerprint remembered in `read`); a file gone
+    since the hand-off is rejected."""
     try:
-        file = FingerprintedFile.of(path)
+        content = MonthBytes.read(path, max_bytes=settings.max_file_bytes)
     except FileNotFoundError:
         gone = Path(path)
         raise DataValidationError(
@@ -244,19 +274,19 @@ def _fingerprint(path: str | Path, read: list[FingerprintedFile]) -> Fingerprint
             ValidationRule.FILE_VANISHED,
             f"no such file in {gone.parent}; it was removed or moved before this run read it",
         ) from None
-    read.append(file)
-    return file
+    read.append(content.file)
+    return content
 
 
 def _earlier_months(
-    target: FingerprintedFile, count: int, read: list[FingerprintedFile]
-) -> list[FingerprintedFile]:
+    settings: Settings, target: FingerprintedFile, read: list[FingerprintedFile]
+) -> list[MonthBytes]:
     """The earlier months beside `target`; one gone since the folder was listed (its own
-    run quarantined it, say) is left out rather than blamed on the new month."""
+    run quarantined it, say), or too large, is left out rather than blamed on the new month."""
     found = []
-    for earlier in earlier_months_in_folder(target.trip, count):
+    for earlier in earlier_months_in_folder(target.trip, settings.train_months):
         try:
-            found.append(_fingerprint(earlier.path, read))
+            found.append(_read(settings, earlier.path, read))
         except DataValidationError as exc:
             get_run_logger().warning("training without %s: %s", earlier.name, exc)
     return found
@@ -264,14 +294,20 @@ def _earlier_months(
 
 def _reject(settings: Settings, exc: DataValidationError, sha256: str | None) -> str:
     """Quarantine the file when it is ours to move, log and announce the rejection once;
-    returns the message for the run's final state."""
+    returns the message for the run's final state. Bytes replaced since the run read them
+    are no one's fault now: nothing is moved or announced, the newer bytes get their own run."""
     logger = get_run_logger()
+    in_folder = _in_folder(exc.path, settings.incoming_dir)
+    if exc.rule is ValidationRule.FILE_CHANGED:
+        logger.warning("%s; newer bytes are being trained", exc)
+        return str(exc)
+    if _holds_other_bytes(exc.path, sha256):
+        then = "the watcher trains them in a run of their own" if in_folder else "train them anew"
+        message = f"{exc}; the file now holds newer bytes ({then}), so it stays where it is"
+        logger.warning("rejected the bytes this run read (sha256 %.12s): %s", sha256, message)
+        return message
     moved: QuarantinedFile | None = None
-    if (
-        exc.rule.keeps_file
-        and _in_folder(exc.path, settings.incoming_dir)
-        and _still_the_bytes_read(exc.path, sha256)
-    ):
+    if exc.rule.keeps_file and in_folder:
         try:
             moved = quarantine(
                 exc, settings.quarantine_dir, by=f"flow run {flow_run.get_id()}", sha256=sha256
@@ -289,15 +325,15 @@ def _reject(settings: Settings, exc: DataValidationError, sha256: str | None) ->
     return message
 
 
-def _still_the_bytes_read(path: Path, sha256: str | None) -> bool:
-    """Whether `path` still holds the bytes this run judged: a file replaced meanwhile
-    (fixed, say) is not quarantined for its predecessor's faults."""
+def _holds_other_bytes(path: Path, sha256: str | None) -> bool:
+    """Whether a file is at `path` with other bytes than the run read (`sha256`): replaced
+    meanwhile (fixed, say), so not to be quarantined for its predecessor's faults."""
     if sha256 is None:
-        return True  # never read as bytes (a bad name, say): nothing newer to protect
+        return False  # never read as bytes (a bad name, say): nothing newer to protect
     try:
-        return sha256_of(path) == sha256
+        return sha256_of(path) != sha256
     except OSError:
-        return False
+        return False  # gone: nothing to protect
 
 
 def _in_folder(path: Path, folder: Path) -> bool:

@@ -27,8 +27,8 @@ from prefect.utilities.hashing import hash_objects
 
 import taxiops
 from taxiops import ml
-from taxiops.errors import DataValidationError, TaxiopsError, ValidationRule
-from taxiops.pipeline.lineage import FingerprintedFile, MonthData, TrainedModel, model_key
+from taxiops.errors import TaxiopsError
+from taxiops.pipeline.lineage import MonthBytes, MonthData, TrainedModel, model_key, version_key
 from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, Promotion, RegistryRef
 from taxiops.settings import Settings
 
@@ -75,11 +75,15 @@ def retry_on_transient_fault(task: Task[..., Any], task_run: TaskRun, state: Sta
 # --- caching ---------------------------------------------------------------------
 @cache
 def code_version() -> str:
-    """Hash of the code that shapes results: the package version, `ml/`, lineage, registry and tasks."""
+    """Hash of the code that shapes results: the package version, `ml/`, `registry/`,
+    lineage, tasks and tripfile."""
     package = Path(taxiops.__file__).parent
     digest = hashlib.sha256(taxiops.__version__.encode())
-    sources = sorted((package / "ml").glob("*.py")) + [
-        package / name for name in ("lineage.py", "registry.py", "tasks.py", "tripfile.py")
+    sources = [
+        *sorted((package / "ml").glob("*.py")),
+        *sorted((package / "registry").glob("*.py")),
+        *(package / "pipeline" / name for name in ("lineage.py", "tasks.py")),
+        package / "tripfile.py",
     ]
     for source in sources:
         digest.update(source.name.encode())
@@ -155,28 +159,24 @@ def taxiops_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 # --- the tasks ---------------------------------------------------------------------
 @taxiops_task("load-month")
 def load_month(
-    file: FingerprintedFile,
+    content: MonthBytes,
+    max_rows: int,
     min_minutes: float,
     max_minutes: float,
     max_outside_month_share: float,
 ) -> MonthData:
-    """Read, validate and prepare a month file; one removed since it was hashed is rejected
-    (`file-vanished`), not retried."""
-    try:
-        trips = ml.load_trips(
-            file.trip,
-            min_minutes=min_minutes,
-            max_minutes=max_minutes,
-            max_outside_month_share=max_outside_month_share,
-        )
-    except FileNotFoundError:
-        raise DataValidationError(
-            file.path,
-            ValidationRule.FILE_VANISHED,
-            f"removed from {file.path.parent} after the run fingerprinted it",
-        ) from None
-    rules = f"{min_minutes}-{max_minutes}:outside-{max_outside_month_share}"
-    return MonthData(file=file, trips=trips, part="all", rules=rules)
+    """Validate and prepare a month from the bytes the run read (never the file again, so
+    what is trained is what was fingerprinted)."""
+    trips = ml.load_trips(
+        content.file.trip,
+        data=content.data,
+        max_rows=max_rows,
+        min_minutes=min_minutes,
+        max_minutes=max_minutes,
+        max_outside_month_share=max_outside_month_share,
+    )
+    rules = f"rows-{max_rows}:{min_minutes}-{max_minutes}:outside-{max_outside_month_share}"
+    return MonthData(file=content.file, trips=trips, part="all", rules=rules)
 
 
 @taxiops_task("split-by-pickup-time")
@@ -216,10 +216,11 @@ def evaluate_challenger(challenger: TrainedModel, month: MonthData) -> ml.Metric
 def register_challenger(
     registry: RegistryRef, challenger: TrainedModel, metrics: ml.Metrics, validation: MonthData
 ) -> ModelVersion:
-    """Keep the challenger as a new registry version (idempotent by model key)."""
+    """Keep the challenger as a new registry version (idempotent by the key of its training
+    and validation data)."""
     card = ModelCard(
         taxi_type=validation.file.trip.taxi_type,
-        model_key=challenger.model_key,
+        model_key=version_key(challenger.model_key, validation),
         validation_month=validation.label,
         train_months=list(challenger.months),
         data_sha256={**challenger.data_sha256, validation.file.trip.name: validation.file.sha256},
