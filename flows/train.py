@@ -15,12 +15,13 @@ newer bytes are trained in a run of their own.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 from uuid import UUID, uuid5
 
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import State
 from prefect.events import emit_event
@@ -37,6 +38,9 @@ from taxiops.registry import ModelRegistry
 from taxiops.settings import Settings, load_settings
 from taxiops.tripfile import earlier_months_in_folder, sha256_of
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 # Rejection event ids derive from run and file, so a re-sent event is stored once.
 _REJECTION_NAMESPACE = UUID("0f9b6a44-7d7c-4b51-9a59-3f3c2d1e8a10")
 
@@ -48,11 +52,14 @@ class _Steps:
         self.settings = settings
         self.states: list[State[Any]] = []
 
-    def run(self, task_: Any, *args: Any) -> Any:
-        state = tasks.configured(task_, self.settings)(*args, return_state=True)
-        return self._result(task_.name, cast("State[Any]", state))
+    def run(self, task_: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """The task's value; bad data re-raised, any other failure a `TaskFailedError`."""
+        state = tasks.configured(task_, self.settings)(*args, return_state=True, **kwargs)
+        return self._result(task_.name, state)
 
-    def run_all(self, task_: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+    def run_all(
+        self, task_: Task[..., R], calls: list[tuple[Any, ...]]
+    ) -> list[R | DataValidationError]:
         """Run the calls concurrently; a call that found bad data yields its
         `DataValidationError` instead of a value (the caller decides)."""
         futures = [tasks.configured(task_, self.settings).submit(*args) for args in calls]
@@ -62,7 +69,15 @@ class _Steps:
             self._result(task_.name, future.state, bad_data_is_value=True) for future in futures
         ]
 
-    def _result(self, name: str, state: State[Any], *, bad_data_is_value: bool = False) -> Any:
+    @overload
+    def _result(self, name: str, state: State[R]) -> R: ...
+    @overload
+    def _result(
+        self, name: str, state: State[R], *, bad_data_is_value: Literal[True]
+    ) -> R | DataValidationError: ...
+    def _result(
+        self, name: str, state: State[R], *, bad_data_is_value: bool = False
+    ) -> R | DataValidationError:
         """The task's value; bad data re-raised as is (or returned), any other failure named
         by its task."""
         self.states.append(state)
@@ -112,6 +127,7 @@ def train_duration_model(
         # event say what happened, and the generic failure alert stays quiet.
         sha256 = next((f.sha256 for f in read if f.path == exc.path), None)
         message = _reject(settings, exc, sha256)
+        _EngineRejectionTraceback.silence()
         return Failed(name=names.REJECTED_STATE, message=message, data=exc)  # type: ignore[return-value]
     logger.info(
         "%s %s: challenger %s RMSE %.3f (champion %s) -> %s",
@@ -150,6 +166,30 @@ def _read_months(
     else:
         sources = _earlier_months(settings, target.file, read)
     return [*sources, target]
+
+
+class _EngineRejectionTraceback(logging.Filter):
+    """Drops the traceback Prefect logs after a run that ended Rejected.
+
+    Prefect 3.9's `run_flow` (flow_engine.py), run for a deployment as `python -m
+    prefect.flow_engine`, returns `engine.result()`, which raises the exception of any
+    Failed final state, ours included, and logs "Engine execution exited with unexpected
+    exception" with its traceback to the flow-run logger before the process exits 0. No
+    Failed state avoids that, and a non-Failed state would tell the ledger and the alerts
+    the month trained. The rejection itself is logged and alerted on once already.
+    """
+
+    MESSAGE = "Engine execution exited with unexpected exception"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.msg == self.MESSAGE and isinstance(error, DataValidationError))
+
+    @classmethod
+    def silence(cls) -> None:
+        logger = logging.getLogger("prefect.flow_runs")
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 def _train(

@@ -126,7 +126,7 @@ class ContentCachePolicy(CachePolicy):
 CONTENT = ContentCachePolicy()
 
 
-def configured(task_: Task[..., R], settings: Settings) -> Task[..., R]:
+def configured(task_: Task[P, R], settings: Settings) -> Task[P, R]:
     """The task with this deployment's retries and result storage (under `TAXIOPS_HOME`)."""
     return task_.with_options(
         retries=settings.task_retries,
