@@ -238,6 +238,7 @@ def _train(
 
     challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())
     metrics: ml.Metrics = steps.run(tasks.evaluate_challenger, challenger, validation)
+    chart = steps.run(tasks.plot_predictions, challenger, validation)
     registry = ModelRegistry(settings.models_dir)
     ref = registry.ref()
     version = steps.run(tasks.register_challenger, ref, challenger, metrics, validation)
@@ -267,7 +268,7 @@ def _train(
         months=[_month_rows(m) for m in loaded],
     )
     summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
-    _publish(settings, summary)
+    _publish(settings, summary, chart)
     return summary
 
 
@@ -283,10 +284,10 @@ def _month_rows(month: MonthData) -> MonthRows:
     )
 
 
-def _publish(settings: Settings, summary: TrainingSummary) -> None:
+def _publish(settings: Settings, summary: TrainingSummary, chart_uri: str) -> None:
     """Artifacts for the UI and the `taxiops.model.trained` event for automations."""
     create_markdown_artifact(
-        markdown=render_markdown(summary),
+        markdown=render_markdown(summary, chart_uri),
         key=names.REPORT_ARTIFACT,
         description=f"{summary.taxi_type} {summary.month} training report",
     )

@@ -212,6 +212,17 @@ def evaluate_challenger(challenger: TrainedModel, month: MonthData) -> ml.Metric
     return ml.evaluate(challenger.model, month.trips.frame)
 
 
+@taxiops_task("plot-predictions")
+def plot_predictions(challenger: TrainedModel, month: MonthData) -> str:
+    """The challenger's predicted against actual minutes on the month, as a `data:` SVG URI."""
+    from taxiops.ml.plots import svg_data_uri
+    from taxiops.ml.schema import DURATION
+
+    frame = month.trips.frame
+    predicted = challenger.model.predict(frame)
+    return svg_data_uri(ml.predicted_vs_actual_svg(frame[DURATION], predicted))
+
+
 @taxiops_task("register-challenger")
 def register_challenger(
     registry: RegistryRef, challenger: TrainedModel, metrics: ml.Metrics, validation: MonthData
