@@ -3,19 +3,25 @@
 Orchestration only: every step is a task in `taxiops.pipeline.tasks`; the ML lives in
 `taxiops.ml` and the registry in `taxiops.registry`.
 
+Each month file is read once: the bytes hashed are the bytes trained on, so the
+summary, the model card and the ledger name only bytes the model really saw.
+
 A file that breaks a data rule ends the run in a Failed state named "Rejected";
 when the file lies in the incoming folder it is moved to the quarantine folder
 beside it (with a reason file), and one `taxiops.data.rejected` event says so.
+A file replaced on disk since the run read it is neither moved nor alerted on: its
+newer bytes are trained in a run of their own.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 from uuid import UUID, uuid5
 
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import State
 from prefect.events import emit_event
@@ -26,11 +32,14 @@ from taxiops import ml, names
 from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
 from taxiops.intake.quarantine import QuarantinedFile, quarantine
 from taxiops.pipeline import tasks
-from taxiops.pipeline.lineage import FingerprintedFile, MonthData
+from taxiops.pipeline.lineage import FingerprintedFile, MonthBytes, MonthData
 from taxiops.pipeline.report import MonthRows, TrainingSummary, registry_table, render_markdown
 from taxiops.registry import ModelRegistry
 from taxiops.settings import Settings, load_settings
 from taxiops.tripfile import earlier_months_in_folder, sha256_of
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Rejection event ids derive from run and file, so a re-sent event is stored once.
 _REJECTION_NAMESPACE = UUID("0f9b6a44-7d7c-4b51-9a59-3f3c2d1e8a10")
@@ -43,11 +52,14 @@ class _Steps:
         self.settings = settings
         self.states: list[State[Any]] = []
 
-    def run(self, task_: Any, *args: Any) -> Any:
-        state = tasks.configured(task_, self.settings)(*args, return_state=True)
-        return self._result(task_.name, cast("State[Any]", state))
+    def run(self, task_: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """The task's value; bad data re-raised, any other failure a `TaskFailedError`."""
+        state = tasks.configured(task_, self.settings)(*args, return_state=True, **kwargs)
+        return self._result(task_.name, state)
 
-    def run_all(self, task_: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+    def run_all(
+        self, task_: Task[..., R], calls: list[tuple[Any, ...]]
+    ) -> list[R | DataValidationError]:
         """Run the calls concurrently; a call that found bad data yields its
         `DataValidationError` instead of a value (the caller decides)."""
         futures = [tasks.configured(task_, self.settings).submit(*args) for args in calls]
@@ -57,7 +69,15 @@ class _Steps:
             self._result(task_.name, future.state, bad_data_is_value=True) for future in futures
         ]
 
-    def _result(self, name: str, state: State[Any], *, bad_data_is_value: bool = False) -> Any:
+    @overload
+    def _result(self, name: str, state: State[R]) -> R: ...
+    @overload
+    def _result(
+        self, name: str, state: State[R], *, bad_data_is_value: Literal[True]
+    ) -> R | DataValidationError: ...
+    def _result(
+        self, name: str, state: State[R], *, bad_data_is_value: bool = False
+    ) -> R | DataValidationError:
         """The task's value; bad data re-raised as is (or returned), any other failure named
         by its task."""
         self.states.append(state)
@@ -95,24 +115,19 @@ def train_duration_model(
     logger = get_run_logger()
     read: list[FingerprintedFile] = []
     try:
-        target = _fingerprint(new_file, read)
-        if expected_sha256 is not None and target.sha256 != expected_sha256:
-            raise DataValidationError(
-                target.path,
-                ValidationRule.FILE_CHANGED,
-                f"bytes changed after arrival (sha256 {expected_sha256[:12]} -> {target.sha256[:12]})",
-            )
-        sources = (
-            [_fingerprint(p, read) for p in train_files]
-            if train_files is not None
-            else _earlier_months(target, settings.train_months, read)
+        # No local keeps the bytes: `_train` lets go of them once they are parsed.
+        summary = _train(
+            settings,
+            _read_months(settings, new_file, train_files, expected_sha256, read),
+            started,
+            skip_bad_sources=train_files is None,
         )
-        summary = _train(settings, target, sources, started, skip_bad_sources=train_files is None)
     except DataValidationError as exc:
         # A Failed state named "Rejected": the UI and the `prefect.flow-run.Rejected`
         # event say what happened, and the generic failure alert stays quiet.
         sha256 = next((f.sha256 for f in read if f.path == exc.path), None)
         message = _reject(settings, exc, sha256)
+        _EngineRejectionTraceback.silence()
         return Failed(name=names.REJECTED_STATE, message=message, data=exc)  # type: ignore[return-value]
     logger.info(
         "%s %s: challenger %s RMSE %.3f (champion %s) -> %s",
@@ -126,26 +141,80 @@ def train_duration_model(
     return summary
 
 
+def _read_months(
+    settings: Settings,
+    new_file: str,
+    train_files: list[str] | None,
+    expected_sha256: str | None,
+    read: list[FingerprintedFile],
+) -> list[MonthBytes]:
+    """The bytes of the training months and, last, of `new_file`, each read once.
+
+    Bytes of `new_file` other than the `expected_sha256` the watcher recorded are refused
+    as `file-changed`: the watcher records the newer bytes and hands them off on their own.
+    """
+    target = _read(settings, new_file, read)
+    if expected_sha256 is not None and target.file.sha256 != expected_sha256:
+        raise DataValidationError(
+            target.file.path,
+            ValidationRule.FILE_CHANGED,
+            f"bytes changed after arrival (sha256 {expected_sha256[:12]} -> "
+            f"{target.file.sha256[:12]}); the newer bytes are trained in a run of their own",
+        )
+    if train_files is not None:
+        sources = [_read(settings, p, read) for p in train_files]
+    else:
+        sources = _earlier_months(settings, target.file, read)
+    return [*sources, target]
+
+
+class _EngineRejectionTraceback(logging.Filter):
+    """Drops the traceback Prefect logs after a run that ended Rejected.
+
+    Prefect 3.9's `run_flow` (flow_engine.py), run for a deployment as `python -m
+    prefect.flow_engine`, returns `engine.result()`, which raises the exception of any
+    Failed final state, ours included, and logs "Engine execution exited with unexpected
+    exception" with its traceback to the flow-run logger before the process exits 0. No
+    Failed state avoids that, and a non-Failed state would tell the ledger and the alerts
+    the month trained. The rejection itself is logged and alerted on once already.
+    """
+
+    MESSAGE = "Engine execution exited with unexpected exception"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.msg == self.MESSAGE and isinstance(error, DataValidationError))
+
+    @classmethod
+    def silence(cls) -> None:
+        logger = logging.getLogger("prefect.flow_runs")
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
+
+
 def _train(
     settings: Settings,
-    target: FingerprintedFile,
-    sources: list[FingerprintedFile],
+    contents: list[MonthBytes],
     started: float,
     *,
     skip_bad_sources: bool,
 ) -> TrainingSummary:
-    """Load, train, judge, register. With `skip_bad_sources`, a bad earlier month found in
-    the folder is left out (its own run rejects and quarantines it) instead of failing the
-    new month; training months named by the caller must all be good."""
+    """Load, train, judge, register; `contents` are the training months' bytes and, last,
+    the new month's (emptied once parsed, to free them). With `skip_bad_sources`, a bad
+    earlier month found in the folder is left out (its own run rejects and quarantines it)
+    instead of failing the new month; training months named by the caller must all be good."""
     steps = _Steps(settings)
+    target = contents[-1].file
     rules = (
+        settings.max_file_rows,
         settings.min_duration_minutes,
         settings.max_duration_minutes,
         settings.max_outside_month_share,
     )
     *from_sources, validation = steps.run_all(
-        tasks.load_month, [(f, *rules) for f in [*sources, target]]
+        tasks.load_month, [(content, *rules) for content in contents]
     )
+    contents.clear()
     if isinstance(validation, DataValidationError):
         raise validation
     train_months: list[MonthData] = []
@@ -169,6 +238,7 @@ def _train(
 
     challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())
     metrics: ml.Metrics = steps.run(tasks.evaluate_challenger, challenger, validation)
+    chart = steps.run(tasks.plot_predictions, challenger, validation)
     registry = ModelRegistry(settings.models_dir)
     ref = registry.ref()
     version = steps.run(tasks.register_challenger, ref, challenger, metrics, validation)
@@ -198,7 +268,7 @@ def _train(
         months=[_month_rows(m) for m in loaded],
     )
     summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
-    _publish(settings, summary)
+    _publish(settings, summary, chart)
     return summary
 
 
@@ -214,10 +284,10 @@ def _month_rows(month: MonthData) -> MonthRows:
     )
 
 
-def _publish(settings: Settings, summary: TrainingSummary) -> None:
+def _publish(settings: Settings, summary: TrainingSummary, chart_uri: str) -> None:
     """Artifacts for the UI and the `taxiops.model.trained` event for automations."""
     create_markdown_artifact(
-        markdown=render_markdown(summary),
+        markdown=render_markdown(summary, chart_uri),
         key=names.REPORT_ARTIFACT,
         description=f"{summary.taxi_type} {summary.month} training report",
     )
@@ -233,10 +303,11 @@ def _publish(settings: Settings, summary: TrainingSummary) -> None:
     )
 
 
-def _fingerprint(path: str | Path, read: list[FingerprintedFile]) -> FingerprintedFile:
-    """Hash a month file (remembered in `read`); a file gone since the hand-off is rejected."""
+def _read(settings: Settings, path: str | Path, read: list[FingerprintedFile]) -> MonthBytes:
+    """Read and hash a month file once (its fingerprint remembered in `read`); a file gone
+    since the hand-off is rejected."""
     try:
-        file = FingerprintedFile.of(path)
+        content = MonthBytes.read(path, max_bytes=settings.max_file_bytes)
     except FileNotFoundError:
         gone = Path(path)
         raise DataValidationError(
@@ -244,19 +315,19 @@ def _fingerprint(path: str | Path, read: list[FingerprintedFile]) -> Fingerprint
             ValidationRule.FILE_VANISHED,
             f"no such file in {gone.parent}; it was removed or moved before this run read it",
         ) from None
-    read.append(file)
-    return file
+    read.append(content.file)
+    return content
 
 
 def _earlier_months(
-    target: FingerprintedFile, count: int, read: list[FingerprintedFile]
-) -> list[FingerprintedFile]:
+    settings: Settings, target: FingerprintedFile, read: list[FingerprintedFile]
+) -> list[MonthBytes]:
     """The earlier months beside `target`; one gone since the folder was listed (its own
-    run quarantined it, say) is left out rather than blamed on the new month."""
+    run quarantined it, say), or too large, is left out rather than blamed on the new month."""
     found = []
-    for earlier in earlier_months_in_folder(target.trip, count):
+    for earlier in earlier_months_in_folder(target.trip, settings.train_months):
         try:
-            found.append(_fingerprint(earlier.path, read))
+            found.append(_read(settings, earlier.path, read))
         except DataValidationError as exc:
             get_run_logger().warning("training without %s: %s", earlier.name, exc)
     return found
@@ -264,14 +335,20 @@ def _earlier_months(
 
 def _reject(settings: Settings, exc: DataValidationError, sha256: str | None) -> str:
     """Quarantine the file when it is ours to move, log and announce the rejection once;
-    returns the message for the run's final state."""
+    returns the message for the run's final state. Bytes replaced since the run read them
+    are no one's fault now: nothing is moved or announced, the newer bytes get their own run."""
     logger = get_run_logger()
+    in_folder = _in_folder(exc.path, settings.incoming_dir)
+    if exc.rule is ValidationRule.FILE_CHANGED:
+        logger.warning("%s; newer bytes are being trained", exc)
+        return str(exc)
+    if _holds_other_bytes(exc.path, sha256):
+        then = "the watcher trains them in a run of their own" if in_folder else "train them anew"
+        message = f"{exc}; the file now holds newer bytes ({then}), so it stays where it is"
+        logger.warning("rejected the bytes this run read (sha256 %.12s): %s", sha256, message)
+        return message
     moved: QuarantinedFile | None = None
-    if (
-        exc.rule.keeps_file
-        and _in_folder(exc.path, settings.incoming_dir)
-        and _still_the_bytes_read(exc.path, sha256)
-    ):
+    if exc.rule.keeps_file and in_folder:
         try:
             moved = quarantine(
                 exc, settings.quarantine_dir, by=f"flow run {flow_run.get_id()}", sha256=sha256
@@ -289,15 +366,15 @@ def _reject(settings: Settings, exc: DataValidationError, sha256: str | None) ->
     return message
 
 
-def _still_the_bytes_read(path: Path, sha256: str | None) -> bool:
-    """Whether `path` still holds the bytes this run judged: a file replaced meanwhile
-    (fixed, say) is not quarantined for its predecessor's faults."""
+def _holds_other_bytes(path: Path, sha256: str | None) -> bool:
+    """Whether a file is at `path` with other bytes than the run read (`sha256`): replaced
+    meanwhile (fixed, say), so not to be quarantined for its predecessor's faults."""
     if sha256 is None:
-        return True  # never read as bytes (a bad name, say): nothing newer to protect
+        return False  # never read as bytes (a bad name, say): nothing newer to protect
     try:
-        return sha256_of(path) == sha256
+        return sha256_of(path) != sha256
     except OSError:
-        return False
+        return False  # gone: nothing to protect
 
 
 def _in_folder(path: Path, folder: Path) -> bool:

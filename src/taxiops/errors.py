@@ -27,6 +27,7 @@ class ValidationRule(StrEnum):
     NOT_A_FILE = "not-a-file"
     SYMLINK_OUTSIDE = "symlink-outside"
     TOO_LARGE = "too-large"
+    TOO_MANY_ROWS = "too-many-rows"
     UNREADABLE_PARQUET = "unreadable-parquet"
     MISSING_COLUMN = "missing-column"
     WRONG_TYPE = "wrong-type"
@@ -52,6 +53,7 @@ _HINTS: dict[ValidationRule, str] = {
     ValidationRule.NOT_A_FILE: "drop regular month files only, not folders or devices",
     ValidationRule.SYMLINK_OUTSIDE: "copy the file into the incoming folder instead of linking it",
     ValidationRule.TOO_LARGE: "raise TAXIOPS_MAX_FILE_BYTES if the month is genuine",
+    ValidationRule.TOO_MANY_ROWS: "raise TAXIOPS_MAX_FILE_ROWS if the month is genuine",
     ValidationRule.UNREADABLE_PARQUET: "re-export the month as parquet from the TLC source",
     ValidationRule.MISSING_COLUMN: "check the file is a TLC trip record of the named taxi type",
     ValidationRule.WRONG_TYPE: "check the file is a TLC trip record of the named taxi type",

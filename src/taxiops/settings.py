@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(
         2 * 1024**3, gt=0, description="Month files larger than this are rejected."
     )
+    max_file_rows: int = Field(
+        30_000_000,
+        gt=0,
+        description="Month files whose parquet footer declares more rows than this are "
+        "rejected before any data is read (the largest TLC months hold about 16 M).",
+    )
     max_outside_month_share: float = Field(
         0.05,
         ge=0,

@@ -266,3 +266,29 @@ def test_a_late_older_month_never_replaces_a_model_built_for_a_newer_one(
     assert "backfill" in backfill.promotion_reason
     production = ModelRegistry(settings.models_dir).production("green")
     assert production is not None and production.name == newer.model_version
+
+
+def test_the_report_shows_predicted_against_actual_minutes(
+    settings: Settings, months: dict[str, Path]
+) -> None:
+    import base64
+    import xml.etree.ElementTree as ET
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    summary = run(months["2023-02"])
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[names.REPORT_ARTIFACT]))
+        )
+    [report] = [a for a in artifacts if str(a.flow_run_id) == summary.flow_run_id]
+    markdown = str(report.data)
+    prefix = "![predicted vs actual](data:image/svg+xml;base64,"
+    assert "## Predicted vs actual minutes" in markdown and prefix in markdown
+    encoded = markdown.split(prefix, 1)[1].split(")", 1)[0]
+    svg = ET.fromstring(base64.b64decode(encoded))
+    cells = [e for e in svg.iter("{http://www.w3.org/2000/svg}rect") if e.find("*") is not None]
+    trips = sum(int(e[0].text.split()[0]) for e in cells if e[0].text)
+    assert trips == summary.val_rows  # every validation trip is in the chart

@@ -8,6 +8,7 @@
     first bytes are not PAR1 (a CSV renamed .parquet) ───────> Refused  unreadable-parquet
     empty, or no readable parquet footer yet ────────────────> StillArriving (refused only
                                                                 if it stays like this)
+    footer declares more than max_file_rows rows (a bomb) ───> Refused  too-many-rows
     otherwise ───────────────────────────────────────────────> Admitted
 
 Only looks: never moves or hashes anything, never opens what a link out of the folder
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from taxiops.errors import DataValidationError, ValidationRule
 from taxiops.intake._incoming import PARQUET_MAGIC, FileSignature, has_parquet_footer
+from taxiops.settings import Settings
 from taxiops.tripfile import parse_trip_file
 
 
@@ -60,7 +62,13 @@ class Gone:
 Verdict = Admitted | Refused | StillArriving | Gone
 
 
-def inspect_entry(path: Path, folder: Path, *, max_file_bytes: int) -> Verdict:
+def inspect_entry(
+    path: Path,
+    folder: Path,
+    *,
+    max_file_bytes: int,
+    max_file_rows: int = Settings.model_fields["max_file_rows"].default,
+) -> Verdict:
     """Decide what `path`, an entry of the (resolved) incoming `folder`, is.
 
     Raises `OSError` only when the entry exists but cannot be looked at (permissions).
@@ -92,7 +100,7 @@ def inspect_entry(path: Path, folder: Path, *, max_file_bytes: int) -> Verdict:
             path, ValidationRule.NOT_A_FILE, "is not a regular file (a pipe, device or socket)"
         )
     try:
-        parse_trip_file(path)
+        trip = parse_trip_file(path)
     except DataValidationError as exc:
         return Refused(exc)
     if entry.st_size > max_file_bytes:
@@ -131,6 +139,10 @@ def inspect_entry(path: Path, folder: Path, *, max_file_bytes: int) -> Verdict:
                 "no readable parquet footer (truncated, or the writer stopped)",
             )
         )
+    from taxiops.ml.footer import footer_refusal  # pyarrow: only when a file is checked
+
+    if (bomb := footer_refusal(trip, max_rows=max_file_rows)) is not None:
+        return Refused(bomb)
     return Admitted(path, entry.st_size)
 
 

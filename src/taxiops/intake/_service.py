@@ -382,7 +382,10 @@ class WatcherService:
         steady_since = due.signature_at if signature == due.signature else now
         try:
             verdict = inspect_entry(
-                path, self._folder, max_file_bytes=self._settings.max_file_bytes
+                path,
+                self._folder,
+                max_file_bytes=self._settings.max_file_bytes,
+                max_file_rows=self._settings.max_file_rows,
             )
         except OSError as exc:
             logger.warning(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from taxiops.ml.metrics import Metrics, evaluate
     from taxiops.ml.model import DurationModel, TrainingParams, train_model
     from taxiops.ml.plots import predicted_vs_actual_svg
-    from taxiops.ml.synth import resample_month, synth_month, write_synth_month
+    from taxiops.ml.synth import resample_month, synth_month, write_repeated, write_synth_month
 
 _HOME = {
     "PreparedTrips": "data",
@@ -31,6 +31,7 @@ _HOME = {
     "predicted_vs_actual_svg": "plots",
     "resample_month": "synth",
     "synth_month": "synth",
+    "write_repeated": "synth",
     "write_synth_month": "synth",
 }
 
@@ -54,5 +55,6 @@ __all__ = [
     "split_by_pickup_time",
     "synth_month",
     "train_model",
+    "write_repeated",
     "write_synth_month",
 ]

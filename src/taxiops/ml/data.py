@@ -1,7 +1,8 @@
 """Read a month file, check it, and prepare the trips the model learns from.
 
-`load_trips` reads only the five columns the model needs, checks their presence
-and types from the parquet schema before reading any data, then drops unusable
+`load_trips` reads only the five columns the model needs, checks the footer's row
+count and sizes (`taxiops.ml.footer`) and the columns' presence and types from the
+parquet schema before reading any data, then drops unusable
 rows with vectorised numpy/pandas, counting every dropped row under exactly one
 rule: the first it breaks, in the order the rule names are listed below.
 """
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taxiops.errors import DataValidationError, ValidationRule
+from taxiops.ml.footer import check_footer
 from taxiops.ml.schema import (
     DO_LOCATION,
     DURATION,
@@ -87,6 +89,8 @@ class PreparedTrips:
 def load_trips(
     trip_file: TripFile,
     *,
+    data: bytes | None = None,
+    max_rows: int | None = None,
     min_minutes: float = 1.0,
     max_minutes: float = 60.0,
     require_pickup_in_month: bool = True,
@@ -94,6 +98,10 @@ def load_trips(
 ) -> PreparedTrips:
     """Read, check and prepare one month file.
 
+    With `data`, the file's bytes as the caller read them, the trips are parsed from
+    those bytes and the file is not opened again (its path only names it in errors).
+    With `max_rows`, a file whose footer declares more rows, or more uncompressed bytes
+    in the columns read than that many rows may take, is refused before any is read.
     Keeps trips lasting `min_minutes` to `max_minutes` (inclusive) with both
     locations and a non-negative distance; with `require_pickup_in_month`, only
     trips picked up inside the month named by the file (TLC files carry a few
@@ -101,7 +109,7 @@ def load_trips(
     `max_outside_month_share` of its pickups lie outside that month.
 
     Raises `DataValidationError` with rule `unreadable-parquet` (empty,
-    truncated or non-parquet file), `missing-column`, `wrong-type`,
+    truncated or non-parquet file), `too-many-rows`, `missing-column`, `wrong-type`,
     `outside-month` or `no-rows-left`. A missing file raises `FileNotFoundError`.
     """
     if not 0 <= min_minutes < max_minutes:
@@ -112,7 +120,7 @@ def load_trips(
         )
     path = trip_file.path
     columns = trip_columns(trip_file.taxi_type)
-    table = _read_columns(path, columns)
+    table = _read_columns(path, columns, data=data, max_rows=max_rows)
 
     pickup = _timestamps_us(table, columns.pickup)
     dropoff = _timestamps_us(table, columns.dropoff)
@@ -205,24 +213,27 @@ def validation_day_count(days: int, validation_fraction: float) -> int:
 # --- reading -----------------------------------------------------------------------
 
 
-def _read_columns(path: Path, columns: TripColumns) -> pa.Table:
-    """Check the schema, then read only the needed columns."""
+def _read_columns(
+    path: Path, columns: TripColumns, *, data: bytes | None, max_rows: int | None
+) -> pa.Table:
+    """Check the footer and the schema, then read only the needed columns."""
     try:
-        with pq.ParquetFile(path) as parquet:
-            schema = parquet.schema_arrow
-            _check_schema(path, schema, columns)
+        with pq.ParquetFile(path if data is None else pa.BufferReader(data)) as parquet:
+            if max_rows is not None:
+                check_footer(path, parquet.metadata, columns.names, max_rows=max_rows)
+            _check_schema(path, parquet.schema_arrow, columns)
             return parquet.read(columns=list(columns.names))
     except (FileNotFoundError, DataValidationError):
         raise
     except (pa.ArrowException, OSError) as error:
         raise DataValidationError(
-            path, ValidationRule.UNREADABLE_PARQUET, _unreadable(path, error)
+            path, ValidationRule.UNREADABLE_PARQUET, _unreadable(path, error, data)
         ) from None
 
 
-def _unreadable(path: Path, error: BaseException) -> str:
+def _unreadable(path: Path, error: BaseException, data: bytes | None) -> str:
     try:
-        size = path.stat().st_size
+        size = path.stat().st_size if data is None else len(data)
     except OSError:
         size = -1
     if size == 0:

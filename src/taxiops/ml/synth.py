@@ -124,6 +124,25 @@ def write_synth_month(
     return target
 
 
+def write_repeated(path: Path, table: pa.Table, rows: int, *, rows_per_group: int) -> Path:
+    """Write `rows` rows to `path` by repeating `table`'s rows in order, one row group of
+    `rows_per_group` at a time (so memory holds one group, never the whole file).
+
+    One repeated trip compresses to almost nothing: that is how a row bomb is made.
+    """
+    if rows < 1 or rows_per_group < 1 or table.num_rows == 0:
+        raise ValueError(f"need rows, rows_per_group >= 1 and a non-empty table, got {rows}")
+    picks = np.arange(min(rows, rows_per_group)) % table.num_rows
+    group = table.combine_chunks().take(pa.array(picks))
+    with pq.ParquetWriter(path, table.schema) as writer:
+        written = 0
+        while written < rows:
+            part = group.slice(0, min(rows - written, group.num_rows))
+            writer.write_table(part, row_group_size=part.num_rows)
+            written += part.num_rows
+    return path
+
+
 def resample_month(source: Path, rows: int, seed: int = 0) -> pd.DataFrame:
     """Bootstrap-resample a real month file to `rows` rows (all columns, same dtypes)."""
     if rows < 1:

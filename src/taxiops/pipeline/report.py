@@ -45,8 +45,9 @@ class TrainingSummary(BaseModel):
     months: list[MonthRows]
 
 
-def render_markdown(summary: TrainingSummary) -> str:
-    """The markdown report artifact of a run."""
+def render_markdown(summary: TrainingSummary, chart_uri: str | None = None) -> str:
+    """The markdown report artifact of a run; `chart_uri` is an image (`data:` URI) of the
+    challenger's predicted against actual minutes on the validation month."""
     verdict = "promoted to production" if summary.promoted else "not promoted"
     lines = [
         f"# {summary.taxi_type} {summary.month}: challenger {summary.model_version} {verdict}",
@@ -83,6 +84,8 @@ def render_markdown(summary: TrainingSummary) -> str:
             f"| {month.month} | `{month.file}` | {month.rows_read:,} | {month.rows_kept:,} "
             f"| {dropped or 'none'} |"
         )
+    if chart_uri is not None:
+        lines += ["", "## Predicted vs actual minutes", "", f"![predicted vs actual]({chart_uri})"]
     return "\n".join(lines) + "\n"
 
 

@@ -27,8 +27,8 @@ from prefect.utilities.hashing import hash_objects
 
 import taxiops
 from taxiops import ml
-from taxiops.errors import DataValidationError, TaxiopsError, ValidationRule
-from taxiops.pipeline.lineage import FingerprintedFile, MonthData, TrainedModel, model_key
+from taxiops.errors import TaxiopsError
+from taxiops.pipeline.lineage import MonthBytes, MonthData, TrainedModel, model_key, version_key
 from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, Promotion, RegistryRef
 from taxiops.settings import Settings
 
@@ -125,7 +125,7 @@ class ContentCachePolicy(CachePolicy):
 CONTENT = ContentCachePolicy()
 
 
-def configured(task_: Task[..., R], settings: Settings) -> Task[..., R]:
+def configured(task_: Task[P, R], settings: Settings) -> Task[P, R]:
     """The task with this deployment's retries and result storage (under `TAXIOPS_HOME`)."""
     return task_.with_options(
         retries=settings.task_retries,
@@ -158,28 +158,24 @@ def taxiops_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 # --- the tasks ---------------------------------------------------------------------
 @taxiops_task("load-month")
 def load_month(
-    file: FingerprintedFile,
+    content: MonthBytes,
+    max_rows: int,
     min_minutes: float,
     max_minutes: float,
     max_outside_month_share: float,
 ) -> MonthData:
-    """Read, validate and prepare a month file; one removed since it was hashed is rejected
-    (`file-vanished`), not retried."""
-    try:
-        trips = ml.load_trips(
-            file.trip,
-            min_minutes=min_minutes,
-            max_minutes=max_minutes,
-            max_outside_month_share=max_outside_month_share,
-        )
-    except FileNotFoundError:
-        raise DataValidationError(
-            file.path,
-            ValidationRule.FILE_VANISHED,
-            f"removed from {file.path.parent} after the run fingerprinted it",
-        ) from None
-    rules = f"{min_minutes}-{max_minutes}:outside-{max_outside_month_share}"
-    return MonthData(file=file, trips=trips, part="all", rules=rules)
+    """Validate and prepare a month from the bytes the run read (never the file again, so
+    what is trained is what was fingerprinted)."""
+    trips = ml.load_trips(
+        content.file.trip,
+        data=content.data,
+        max_rows=max_rows,
+        min_minutes=min_minutes,
+        max_minutes=max_minutes,
+        max_outside_month_share=max_outside_month_share,
+    )
+    rules = f"rows-{max_rows}:{min_minutes}-{max_minutes}:outside-{max_outside_month_share}"
+    return MonthData(file=content.file, trips=trips, part="all", rules=rules)
 
 
 @taxiops_task("split-by-pickup-time")
@@ -215,14 +211,26 @@ def evaluate_challenger(challenger: TrainedModel, month: MonthData) -> ml.Metric
     return ml.evaluate(challenger.model, month.trips.frame)
 
 
+@taxiops_task("plot-predictions")
+def plot_predictions(challenger: TrainedModel, month: MonthData) -> str:
+    """The challenger's predicted against actual minutes on the month, as a `data:` SVG URI."""
+    from taxiops.ml.plots import svg_data_uri
+    from taxiops.ml.schema import DURATION
+
+    frame = month.trips.frame
+    predicted = challenger.model.predict(frame)
+    return svg_data_uri(ml.predicted_vs_actual_svg(frame[DURATION], predicted))
+
+
 @taxiops_task("register-challenger")
 def register_challenger(
     registry: RegistryRef, challenger: TrainedModel, metrics: ml.Metrics, validation: MonthData
 ) -> ModelVersion:
-    """Keep the challenger as a new registry version (idempotent by model key)."""
+    """Keep the challenger as a new registry version (idempotent by the key of its training
+    and validation data)."""
     card = ModelCard(
         taxi_type=validation.file.trip.taxi_type,
-        model_key=challenger.model_key,
+        model_key=version_key(challenger.model_key, validation),
         validation_month=validation.label,
         train_months=list(challenger.months),
         data_sha256={**challenger.data_sha256, validation.file.trip.name: validation.file.sha256},

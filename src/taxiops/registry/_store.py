@@ -103,6 +103,16 @@ class Promotion:
     production: str | None
 
 
+def _same_content(one: ModelCard, other: ModelCard) -> bool:
+    """Whether two cards describe the same training judged on the same data: the key, and
+    the bytes and month it names, so different contents never share a version."""
+    return (
+        one.model_key == other.model_key
+        and one.data_sha256 == other.data_sha256
+        and one.validation_month == other.validation_month
+    )
+
+
 def should_promote(challenger: Metrics, champion: Metrics | None) -> bool:
     """A challenger replaces the champion only when its RMSE is no worse on the same month."""
     return champion is None or challenger.rmse <= champion.rmse
@@ -201,12 +211,13 @@ class ModelRegistry:
 
     # --- writing --------------------------------------------------------------
     def register(self, model: DurationModel, card: ModelCard) -> ModelVersion:
-        """Store a model as a new version; the same `model_key` twice returns the first version."""
+        """Store a model as a new version; the same card again (same `model_key`, made from
+        and judged on the same bytes) returns the first version."""
         folder = self.root / card.taxi_type
         with self._locked(card.taxi_type):
             versions = self.versions(card.taxi_type)
             for existing in versions:
-                if existing.card.model_key == card.model_key:
+                if _same_content(existing.card, card):
                     return existing
             number = max((v.number for v in versions), default=0) + 1
             staging = folder / f".staging-{uuid.uuid4().hex}"
