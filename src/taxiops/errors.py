@@ -4,7 +4,9 @@
     ├── DataValidationError      a month file broke a data rule; permanent, never retried
     ├── RegistryError            the model registry could not be read or written
     ├── TaskFailedError          a training step failed after its retries; names the step
-    └── MissingMonthError        a scheduled retrain found no file for the month it expected
+    ├── MissingMonthError        a scheduled retrain found no file for the month it expected
+    ├── SettingsError            a TAXIOPS_* (or SLACK_*) value in the environment or .env is invalid
+    └── StartupError             a folder, port or server a command needs is not usable
 
 Errors carry their context as attributes so alerts can render them without
 parsing messages. Messages name the file, the rule broken and what to do.
@@ -124,3 +126,22 @@ class MissingMonthError(TaxiopsError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.taxi_type, self.month, self.folder))
+
+
+class SettingsError(TaxiopsError):
+    """A setting in the environment or `.env` has a value taxiops cannot use."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems  # (variable, what is wrong)
+        listed = "; ".join(f"{variable}: {detail}" for variable, detail in problems)
+        super().__init__(f"{listed} (fix it in the environment or .env)")
+
+
+class StartupError(TaxiopsError):
+    """Something a command needs before it can start is missing or wrong."""
+
+    def __init__(self, setting: str, detail: str, hint: str) -> None:
+        self.setting = setting
+        self.detail = detail
+        self.hint = hint
+        super().__init__(f"{setting}: {detail}; {hint}")

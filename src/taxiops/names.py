@@ -80,3 +80,10 @@ NOTIFIER_BLOCK_NAME = "taxiops"
 # --- artifacts ----------------------------------------------------------------------
 REPORT_ARTIFACT = "training-report"
 REGISTRY_ARTIFACT = "model-registry"
+
+
+def flow_run_name(file_name: str, sha256: str, runs: int = 1) -> str:
+    """A training run's name: the month file's stem and its bytes, e.g.
+    `green_tripdata_2023-03-1a2b3c4d` (`-run2` for a file's second run)."""
+    stem = file_name.removesuffix(".parquet")
+    return f"{stem}-{sha256[:8]}" + (f"-run{runs}" if runs > 1 else "")

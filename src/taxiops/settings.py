@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from taxiops.errors import SettingsError
 from taxiops.tripfile import TaxiType
 
 
@@ -204,5 +206,28 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment and `.env`, with explicit overrides on top."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Read settings from the environment and `.env`, with explicit overrides on top.
+
+    Raises `SettingsError` naming each variable whose value is invalid."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError([_problem(error) for error in exc.errors()]) from None
+
+
+def variable_for(field: str) -> str:
+    """The environment variable a settings field is read from."""
+    info = Settings.model_fields.get(field)
+    alias = None if info is None else info.validation_alias
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"TAXIOPS_{field.upper()}"
+
+
+def _problem(error: ErrorDetails) -> tuple[str, str]:
+    field = str(error["loc"][0]) if error["loc"] else "settings"
+    variable = variable_for(field)
+    info = Settings.model_fields.get(field)
+    secret = info is not None and "SecretStr" in str(info.annotation)
+    given = "" if secret else f"{error.get('input')!r} is not valid: "
+    return variable, f"{given}{error['msg']}"

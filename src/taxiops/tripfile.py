@@ -16,7 +16,6 @@ TAXI_TYPES: tuple[TaxiType, ...] = ("green", "yellow")
 FILE_NAME_PATTERN = re.compile(
     r"^(?P<type>green|yellow)_tripdata_(?P<year>\d{4})-(?P<month>\d{2})\.parquet$"
 )
-GLOB_PATTERNS: tuple[str, ...] = tuple(f"{t}_tripdata_*.parquet" for t in TAXI_TYPES)
 
 _HASH_CHUNK = 1 << 20
 

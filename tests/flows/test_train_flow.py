@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from flows.train import train_duration_model
-from prefect import flow
+from prefect import flow, get_client
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
@@ -23,7 +23,7 @@ from taxiops.pipeline.report import TrainingSummary
 from taxiops.pipeline.tasks import taxiops_task
 from taxiops.registry import ModelRegistry
 from taxiops.settings import Settings
-from taxiops.tripfile import Month
+from taxiops.tripfile import Month, sha256_of
 
 from .conftest import artifact_keys_of, task_runs_of
 
@@ -218,6 +218,10 @@ def test_cli_json_contract(settings: Settings, months: dict[str, Path]) -> None:
     assert payload.keys() >= JSON_KEYS
     assert payload["promoted"] is True and payload["champion_rmse"] is None
     assert payload["cached_tasks"] == 0 and payload["seconds"] > 0
+    # Named like the watcher's runs: the month file and its bytes, not a random name.
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(payload["flow_run_id"])
+    assert run.name == names.flow_run_name(months["2023-02"].name, sha256_of(months["2023-02"]))
 
 
 def test_cli_reports_a_rejected_file_as_json(settings: Settings, months: dict[str, Path]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,12 @@ def test_resample_keeps_schema_and_draws_rows(tmp_path: Path) -> None:
     assert resampled.dtypes.equals(original.dtypes)
     assert set(resampled["lpep_pickup_datetime"]) <= set(original["lpep_pickup_datetime"])
     pd.testing.assert_frame_equal(resampled, resample_month(source, rows=2_000, seed=1))
+
+
+def test_synthetic_months_are_readable_by_others(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = write_synth_month(tmp_path, "green", Month.parse("2023-01"), rows=100)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

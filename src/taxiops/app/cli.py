@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
@@ -14,6 +15,7 @@ from taxiops.errors import TaxiopsError
 if TYPE_CHECKING:
     from taxiops.app.service import ServiceReady
     from taxiops.notify.automations import ApplyReport
+    from taxiops.settings import Settings
 
 app = typer.Typer(
     help="Keep a NYC taxi trip-duration model fresh: drop a month file, get a model, hear about it.",
@@ -40,10 +42,19 @@ def train(
     from prefect.client.schemas.objects import State
 
     from taxiops import names
+    from taxiops.app import preflight
     from taxiops.pipeline.entrypoints import TRAIN_ENTRYPOINT, load_flow
     from taxiops.pipeline.report import TrainingSummary
+    from taxiops.settings import load_settings
 
+    preflight.check_folders(load_settings(), incoming=False)
+    preflight.check_api_answers(preflight.configured_api_url())
     train_flow = load_flow(TRAIN_ENTRYPOINT)
+    if new_file.is_file():  # else the flow itself says what is wrong with it
+        from taxiops.tripfile import sha256_of
+
+        run_name = names.flow_run_name(new_file.name, sha256_of(new_file))
+        train_flow = train_flow.with_options(flow_run_name=run_name)
     state = cast(
         "State[TrainingSummary]",
         train_flow(
@@ -152,8 +163,6 @@ def fetch(
 
 def _show_taxiops_logs() -> None:
     """INFO lines of taxiops's own loggers (a file seen, handed off, finished) on stderr."""
-    import logging
-
     logger = logging.getLogger("taxiops")
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -205,8 +214,10 @@ def up(
     from taxiops.app.service import run_service
     from taxiops.settings import load_settings
 
+    settings = load_settings()
+    _check_service_can_start(settings, watch=watch)
     _show_taxiops_logs()
-    run_service(load_settings(), watch=watch, on_ready=_announce)
+    run_service(settings, watch=watch, on_ready=_announce)
     print("taxiops stopped.", flush=True)
 
 
@@ -221,9 +232,9 @@ def demo(
     from taxiops.settings import load_settings
     from taxiops.tripfile import Month, TaxiType, file_name_for
 
-    _show_taxiops_logs()
     settings = load_settings()
-    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+    _check_service_can_start(settings, watch=True)
+    _show_taxiops_logs()
     samples: list[tuple[TaxiType, str]] = [
         ("green", "2023-01"),
         ("green", "2023-02"),
@@ -255,24 +266,62 @@ def demo(
     print("taxiops demo stopped.", flush=True)
 
 
+def _check_service_can_start(settings: Settings, *, watch: bool) -> None:
+    """Folders, then the local server's port or the configured API: one line if not."""
+    from taxiops.app import preflight
+
+    preflight.check_folders(settings, incoming=watch)
+    api_url = preflight.configured_api_url()
+    if api_url:
+        preflight.check_api_answers(api_url)
+    else:
+        preflight.check_port_free(settings)
+
+
 def _announce_demo(ready: ServiceReady) -> None:
     _announce(ready)
     print(
-        "Try: taxiops synth "
+        f"Try: {_this_command()} synth "
         f"{ready.incoming_dir} --month 2023-03   (a new month: a new run, a new alert)",
         flush=True,
     )
 
 
+def _this_command() -> str:
+    """How to type `taxiops` in this shell: the bare name when PATH finds this very program,
+    else its path (e.g. `.venv/bin/taxiops` from `make demo`)."""
+    import os
+    import shutil
+
+    program = Path(sys.argv[0])
+    if program.name != "taxiops":
+        return f"{Path(sys.executable).parent / 'taxiops'}"
+    found = shutil.which("taxiops")
+    if found is not None and Path(found).resolve() == program.resolve():
+        return "taxiops"
+    try:
+        return os.path.relpath(program)
+    except ValueError:
+        return str(program)
+
+
 @app.command()
 def watch() -> None:
     """Run the watcher alone, handing files to deployments served elsewhere (PREFECT_API_URL)."""
+    from taxiops.app import preflight
+    from taxiops.errors import StartupError
     from taxiops.intake import PrefectSubmitter, WatcherService
     from taxiops.settings import load_settings
 
-    _show_taxiops_logs()
     settings = load_settings()
-    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+    preflight.check_folders(settings)
+    _show_taxiops_logs()
+    try:
+        preflight.check_api_answers(preflight.configured_api_url())
+    except StartupError as exc:
+        # Not fatal: the watcher records files in its ledger and hands them off once the
+        # API answers (a watcher restarted during a server outage must not give up).
+        logging.getLogger("taxiops.intake").warning("%s; handing off once it answers", exc)
     WatcherService(settings, PrefectSubmitter.from_settings(settings)).run_forever()
 
 
@@ -308,8 +357,7 @@ def retry(
 
 @app.command()
 def status() -> None:
-    """Print the ledger of month files, the entries quarantined, and the model in production
-    for each taxi type."""
+    """Print the month files seen, the entries quarantined, and each taxi type's champion."""
     from taxiops.intake import rejection_rows, status_rows
     from taxiops.registry import ModelRegistry
     from taxiops.settings import load_settings
@@ -371,11 +419,13 @@ def automations_apply() -> None:
 
     from prefect.client.orchestration import get_client
 
+    from taxiops.app import preflight
     from taxiops.app.server import ui_url_for
     from taxiops.notify.automations import set_up_alerting
     from taxiops.settings import load_settings
 
     settings = load_settings()
+    preflight.check_api_answers(preflight.configured_api_url())
 
     async def apply() -> ApplyReport:
         async with get_client() as client:
@@ -399,5 +449,5 @@ def main() -> None:
     try:
         app()
     except TaxiopsError as exc:
-        typer.secho(str(exc), err=True, fg=typer.colors.RED)
+        typer.secho(f"taxiops: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)

@@ -222,7 +222,7 @@ class PrefectSubmitter:
         from prefect.exceptions import ObjectNotFound
 
         taxi_type, month = incoming.taxi_type, str(incoming.month)
-        name = f"{incoming.path.stem}-{incoming.sha256[:8]}" + (f"-run{runs}" if runs > 1 else "")
+        name = names.flow_run_name(incoming.path.name, incoming.sha256, runs)
         try:
             with self._answered_about(incoming.path), self._client() as client:
                 deployment = client.read_deployment_by_name(self._deployment_name)

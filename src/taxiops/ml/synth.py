@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import calendar
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -113,8 +113,9 @@ def write_synth_month(
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / file_name_for(taxi_type, month)
     table = _synth_table(taxi_type, month, rows, seed)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
+    # A name of our own rather than mkstemp, whose 0600 would make the month unreadable to
+    # others: pyarrow creates the file with the usual umask-respecting mode.
+    temporary = folder / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         pq.write_table(table, temporary)
         os.replace(temporary, target)

@@ -1,0 +1,94 @@
+"""Checks a command runs before it starts, so a mistake costs one clear line, not a traceback.
+
+Each check raises `StartupError` naming the setting, what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from taxiops.app.server import is_healthy
+from taxiops.errors import StartupError
+from taxiops.settings import Settings
+
+
+def check_folder(variable: str, folder: Path) -> None:
+    """`folder` is (or can be made) a folder this process can write in."""
+    if folder.exists() and not folder.is_dir():
+        raise StartupError(
+            f"{variable}={folder}", "is a file, not a folder", f"point {variable} at a folder"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StartupError(
+            f"{variable}={folder}",
+            f"cannot write there ({reason})",
+            f"point {variable} at a writable folder or fix its permissions",
+        ) from None
+
+
+def check_folders(settings: Settings, *, incoming: bool = True) -> None:
+    """TAXIOPS_HOME and, when the command watches or writes months, TAXIOPS_INCOMING_DIR."""
+    check_folder("TAXIOPS_HOME", settings.home)
+    if incoming:
+        check_folder("TAXIOPS_INCOMING_DIR", settings.incoming_dir)
+
+
+def check_port_free(settings: Settings) -> None:
+    """The local server's port is free, or a Prefect server already answers there (which
+    `taxiops up` reports itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.server_host, settings.server_port))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise StartupError(
+                    f"TAXIOPS_SERVER_HOST={settings.server_host}",
+                    f"cannot listen there ({exc.strerror})",
+                    "use an address of this machine, such as 127.0.0.1",
+                ) from None
+    if is_healthy(settings.api_url):
+        return
+    raise StartupError(
+        f"TAXIOPS_SERVER_PORT={settings.server_port}",
+        f"port {settings.server_port} on {settings.server_host} is in use by another program",
+        "set TAXIOPS_SERVER_PORT to a free port",
+    )
+
+
+def check_api_answers(api_url: str | None) -> None:
+    """A configured `PREFECT_API_URL` answers `/health` (no URL: nothing to check)."""
+    if not api_url or is_healthy(api_url):
+        return
+    raise StartupError(
+        f"PREFECT_API_URL={_without_credentials(api_url)}",
+        "does not answer /health",
+        "start that server, or unset PREFECT_API_URL to use a local one",
+    )
+
+
+def configured_api_url() -> str | None:
+    """`PREFECT_API_URL` from the environment or the active Prefect profile."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=f"***@{netloc}"))

@@ -1,0 +1,117 @@
+"""Every start-up mistake is one line on stderr naming the setting, exit code 2, no traceback.
+
+Each case runs the real `taxiops` command in a fresh process with its own environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from taxiops.app.server import free_port
+
+Setup = Callable[[Path], dict[str, str]]
+
+
+def _run(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TAXIOPS_", "PREFECT_"))}
+    clean.update(TAXIOPS_HOME=str(cwd / "home"), TAXIOPS_INCOMING_DIR=str(cwd / "incoming"))
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "taxiops", *args],
+        cwd=cwd,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _assert_one_line(done: subprocess.CompletedProcess[str], *names: str) -> str:
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for name in names:
+        assert name in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TAXIOPS_SERVE_LIMIT", "abc"),
+        ("TAXIOPS_WATCH_POLLING", "maybe"),
+        ("TAXIOPS_SERVER_PORT", "70000"),
+    ],
+)
+@pytest.mark.parametrize("source", ["environment", ".env"])
+def test_a_bad_value_names_its_variable(
+    tmp_path: Path, variable: str, value: str, source: str
+) -> None:
+    env = {variable: value} if source == "environment" else {}
+    if source == ".env":
+        (tmp_path / ".env").write_text(f"{variable}={value}\n")
+    line = _assert_one_line(_run(tmp_path, env, "status"), variable, repr(value))
+    assert "environment or .env" in line
+
+
+@pytest.mark.parametrize("variable", ["TAXIOPS_INCOMING_DIR", "TAXIOPS_HOME"])
+@pytest.mark.parametrize("command", [["up"], ["demo"], ["watch"]])
+def test_a_folder_that_is_a_file(tmp_path: Path, variable: str, command: list[str]) -> None:
+    (tmp_path / "not-a-dir").write_text("a file")
+    done = _run(tmp_path, {variable: str(tmp_path / "not-a-dir")}, *command)
+    line = _assert_one_line(done, variable, "is a file, not a folder")
+    assert "point" in line
+
+
+def test_a_home_that_is_a_file_stops_train_too(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("a file")
+    done = _run(tmp_path, {"TAXIOPS_HOME": str(tmp_path / "not-a-dir")}, "train", "x.parquet")
+    _assert_one_line(done, "TAXIOPS_HOME", "is a file")
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only filesystem (tmpfs mounted ro); skips where mounting is refused."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(folder)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_an_unwritable_home(tmp_path: Path, read_only_folder: Path) -> None:
+    done = _run(tmp_path, {"TAXIOPS_HOME": str(read_only_folder / "home")}, "up")
+    _assert_one_line(done, "TAXIOPS_HOME", "cannot write there", "Read-only file system")
+
+
+def test_a_port_in_use_names_the_setting(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = _run(tmp_path, {"TAXIOPS_SERVER_PORT": str(port)}, "up")
+    line = _assert_one_line(done, f"TAXIOPS_SERVER_PORT={port}", "in use")
+    assert "--port" not in line
+
+
+@pytest.mark.parametrize(
+    "command", [["up"], ["demo"], ["train", "x.parquet"], ["automations", "apply"]]
+)
+def test_a_prefect_api_url_that_does_not_answer(tmp_path: Path, command: list[str]) -> None:
+    url = f"http://user:s3cret-pass@127.0.0.1:{free_port()}/api"
+    done = _run(tmp_path, {"PREFECT_API_URL": url}, *command)
+    line = _assert_one_line(done, "PREFECT_API_URL=", "does not answer")
+    assert "s3cret-pass" not in done.stderr + done.stdout
+    assert line.startswith("taxiops: ")
