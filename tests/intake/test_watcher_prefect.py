@@ -169,7 +169,7 @@ def test_a_rejection_is_announced_once_however_often_it_is_sent(
     # A name with a space and a non-ASCII letter: it must survive the resource id and payload.
     name = "grüen_tripdata_2023-03 (1).parquet"
     incoming, kept = tmp_path / "incoming" / name, tmp_path / "quarantine" / name
-    rejection = Ledger(tmp_path / "ledger.sqlite3").record_rejection(
+    rejection = Ledger(tmp_path / "ledger.sqlite3").outbox.record(
         path=incoming,
         quarantined_path=kept,
         rule="file-name",
