@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -96,7 +97,7 @@ def watch_with(
     """Start a watcher (other settings, service options) and return its `Watch`."""
     caplog.set_level(logging.INFO, logger="taxiops.intake")
 
-    def start(settings: Settings | None = None, **options: object) -> Watch:
+    def start(settings: Settings | None = None, **options: Any) -> Watch:
         settings = settings or watch_settings
         service = make_service(recorder, settings, **options)
         service.start()
@@ -262,10 +263,11 @@ def test_a_slow_writer_that_keeps_writing_is_not_quarantined(
             if index < chunks - 1:
                 # Pause until the watcher saw the torn file steady, then write on.
                 seen = watch.service.stats().incomplete
-                wait_for(
-                    lambda seen=seen: watch.service.stats().incomplete > seen,
-                    what="a check of the paused writer's file",
-                )
+
+                def checked_again(seen: int = seen) -> bool:
+                    return watch.service.stats().incomplete > seen
+
+                wait_for(checked_again, what="a check of the paused writer's file")
     assert time.monotonic() - started > 1.0  # longer than the incomplete-file wait in all
 
     wait_for(lambda: watch.recorder.calls, what="the hand-off")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taxiops.intake import FileState, IncomingFile, Ledger
+from taxiops.intake import FileState, IncomingFile, Ledger, Rejection
 from taxiops.tripfile import Month
 from tests.intake.watcher_helpers import parquet_bytes, sha256
 
@@ -114,18 +114,18 @@ def test_requeue_and_forget_as_vanished(tmp_path: Path) -> None:
     assert ledger.requeue(file.sha256, "missing") is True
     [entry] = ledger.pending()
     assert (entry.flow_run_id, entry.detail) == (None, "missing")
-    gone = {
-        "path": file.path,
-        "rule": "file-vanished",
-        "detail": "removed before its hand-off",
-        "message": "gone",
-    }
+
+    def forget() -> Rejection | None:
+        return ledger.forget_vanished(
+            file.sha256, path=file.path, rule="file-vanished", detail="gone", message="gone"
+        )
+
     ledger.mark_submitted(file.sha256, "run-2")
-    assert ledger.forget_vanished(file.sha256, **gone) is None  # not seen: nothing changes
+    assert forget() is None  # not seen: nothing changes
     assert [e.state for e in ledger.entries()] == [FileState.SUBMITTED]
     assert ledger.outbox.rejections() == []
     assert ledger.requeue(file.sha256, "missing") is True
-    vanished = ledger.forget_vanished(file.sha256, **gone)
+    vanished = forget()
     assert vanished is not None and vanished.sha256 == file.sha256
     assert ledger.entries() == []
     assert ledger.outbox.rejections() == [vanished]
