@@ -17,8 +17,6 @@ FILE_NAME_PATTERN = re.compile(
     r"^(?P<type>green|yellow)_tripdata_(?P<year>\d{4})-(?P<month>\d{2})\.parquet$"
 )
 
-_HASH_CHUNK = 1 << 20
-
 
 @dataclass(frozen=True, order=True)
 class Month:
@@ -84,12 +82,9 @@ def parse_trip_file(path: Path | str) -> TripFile:
 
 
 def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of a file's bytes, read in chunks (never whole into memory)."""
     with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def earlier_months_in_folder(new_file: TripFile, count: int) -> list[TripFile]:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from taxiops.intake import WatcherService
+from taxiops.intake import Backoff, Submitter, WatcherService
 from taxiops.settings import Settings
 from tests.intake.watcher_helpers import FAST_BACKOFF, RecordingSubmitter, ServiceFactory
 
@@ -30,13 +30,24 @@ def make_service(watch_settings: Settings) -> Iterator[ServiceFactory]:
     services: list[WatcherService] = []
 
     def make(
-        submitter: object, settings: Settings | None = None, **options: object
+        submitter: Submitter,
+        settings: Settings | None = None,
+        *,
+        backoff: Backoff | None = FAST_BACKOFF,
+        poll_runs_every_seconds: float | None = 0.1,
+        debounce_seconds: float | None = 0.05,
+        polling_interval_seconds: float | None = 0.1,
+        claim_lease_seconds: float | None = None,
     ) -> WatcherService:
-        options.setdefault("backoff", FAST_BACKOFF)
-        options.setdefault("poll_runs_every_seconds", 0.1)
-        options.setdefault("debounce_seconds", 0.05)
-        options.setdefault("polling_interval_seconds", 0.1)
-        service = WatcherService(settings or watch_settings, submitter, **options)  # type: ignore[arg-type]
+        service = WatcherService(
+            settings or watch_settings,
+            submitter,
+            backoff=backoff,
+            poll_runs_every_seconds=poll_runs_every_seconds,
+            debounce_seconds=debounce_seconds,
+            polling_interval_seconds=polling_interval_seconds,
+            claim_lease_seconds=claim_lease_seconds,
+        )
         services.append(service)
         return service
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -96,7 +97,7 @@ def watch_with(
     """Start a watcher (other settings, service options) and return its `Watch`."""
     caplog.set_level(logging.INFO, logger="taxiops.intake")
 
-    def start(settings: Settings | None = None, **options: object) -> Watch:
+    def start(settings: Settings | None = None, **options: Any) -> Watch:
         settings = settings or watch_settings
         service = make_service(recorder, settings, **options)
         service.start()
@@ -223,7 +224,7 @@ def test_a_file_deleted_before_its_check_is_logged_and_nothing_is_kept(
     assert any(MONTH in line and "vanished before it was complete" in line for line in info)
     watch.expect_service_goes_on(rejections=0)
     assert quarantined_entries(watch.quarantine_dir) == []
-    assert watch.service.ledger.rejections() == []
+    assert watch.service.ledger.outbox.rejections() == []
 
 
 def test_a_recorded_file_that_vanishes_before_its_hand_off_is_rejected_once(
@@ -262,10 +263,11 @@ def test_a_slow_writer_that_keeps_writing_is_not_quarantined(
             if index < chunks - 1:
                 # Pause until the watcher saw the torn file steady, then write on.
                 seen = watch.service.stats().incomplete
-                wait_for(
-                    lambda seen=seen: watch.service.stats().incomplete > seen,
-                    what="a check of the paused writer's file",
-                )
+
+                def checked_again(seen: int = seen) -> bool:
+                    return watch.service.stats().incomplete > seen
+
+                wait_for(checked_again, what="a check of the paused writer's file")
     assert time.monotonic() - started > 1.0  # longer than the incomplete-file wait in all
 
     wait_for(lambda: watch.recorder.calls, what="the hand-off")
@@ -288,7 +290,7 @@ def test_a_failed_rejection_alert_is_retried_until_sent_once(
         b - a for a, b in zip(flaky.announce_attempts, flaky.announce_attempts[1:], strict=False)
     ]
     assert all(gap >= expected * 0.9 for gap, expected in zip(gaps, (0.05, 0.1, 0.2), strict=True))
-    [recorded] = service.ledger.rejections()
+    [recorded] = service.ledger.outbox.rejections()
     assert recorded.alert_sent_at is not None and recorded.alert_attempts == 3
     stats = service.stats()
     assert (stats.alert_failures, stats.alerts_sent, stats.rejected) == (3, 1, 1)
@@ -308,7 +310,7 @@ def test_a_rejection_alert_pending_at_stop_is_sent_by_the_next_watcher(
     write_file(watch_settings.incoming_dir / "notes.txt", b"hello")
     wait_for(lambda: down.announce_attempts, what="a failed alert")
     first.stop()
-    [pending] = Ledger(watch_settings.ledger_path).rejections()
+    [pending] = Ledger(watch_settings.ledger_path).outbox.rejections()
     assert pending.alert_sent_at is None
 
     up = RecordingSubmitter()
@@ -340,10 +342,12 @@ def test_an_entry_quarantined_by_a_watcher_that_died_before_recording_it_still_a
     # Another pass (every watcher makes one per poll) records nothing twice.
     ledger = Ledger(watch_settings.ledger_path)
     assert (
-        record_unrecorded_quarantine(ledger, watch_settings.quarantine_dir, older_than_seconds=0)
+        record_unrecorded_quarantine(
+            ledger.outbox, watch_settings.quarantine_dir, older_than_seconds=0
+        )
         == []
     )
-    assert len(ledger.rejections()) == 1
+    assert len(ledger.outbox.rejections()) == 1
 
 
 def test_an_unwritable_quarantine_leaves_the_file_and_retries(
@@ -383,8 +387,8 @@ def test_two_watchers_on_one_folder_quarantine_and_alert_once(
     ledger = Ledger(watch_settings.ledger_path)
     wait_for(
         lambda: (
-            len(ledger.rejections()) == 3
-            and all(r.alert_sent_at is not None for r in ledger.rejections())
+            len(ledger.outbox.rejections()) == 3
+            and all(r.alert_sent_at is not None for r in ledger.outbox.rejections())
         ),
         what="three rejections, alerts sent",
     )
@@ -395,7 +399,7 @@ def test_two_watchers_on_one_folder_quarantine_and_alert_once(
     kept = quarantined_entries(watch_settings.quarantine_dir)
     assert sorted(path.name for path in kept) == sorted(names)
     # Both may send a pending alert; the event id is the rejection id, so the server keeps one.
-    assert {r.id for r in recorder.rejected()} == {r.id for r in ledger.rejections()}
+    assert {r.id for r in recorder.rejected()} == {r.id for r in ledger.outbox.rejections()}
 
 
 def test_the_polling_observer_sees_folders_and_dangling_links_too(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taxiops.intake import FileState, IncomingFile, Ledger
+from taxiops.intake import FileState, IncomingFile, Ledger, Rejection
 from taxiops.tripfile import Month
 from tests.intake.watcher_helpers import parquet_bytes, sha256
 
@@ -114,17 +114,21 @@ def test_requeue_and_forget_as_vanished(tmp_path: Path) -> None:
     assert ledger.requeue(file.sha256, "missing") is True
     [entry] = ledger.pending()
     assert (entry.flow_run_id, entry.detail) == (None, "missing")
-    vanished = ledger.record_rejection(
-        path=file.path,
-        quarantined_path=None,
-        rule="file-vanished",
-        detail="removed before its hand-off",
-        message="gone",
-        sha256=file.sha256,
-        forget_seen=True,
-    )
-    assert vanished is not None
+
+    def forget() -> Rejection | None:
+        return ledger.forget_vanished(
+            file.sha256, path=file.path, rule="file-vanished", detail="gone", message="gone"
+        )
+
+    ledger.mark_submitted(file.sha256, "run-2")
+    assert forget() is None  # not seen: nothing changes
+    assert [e.state for e in ledger.entries()] == [FileState.SUBMITTED]
+    assert ledger.outbox.rejections() == []
+    assert ledger.requeue(file.sha256, "missing") is True
+    vanished = forget()
+    assert vanished is not None and vanished.sha256 == file.sha256
     assert ledger.entries() == []
+    assert ledger.outbox.rejections() == [vanished]
 
 
 _CLAIMER = """
@@ -226,7 +230,9 @@ def test_crashed_runs_retry_with_a_new_run_key_and_rejections_wait_for_their_ale
     assert entry is not None and (entry.state, entry.runs) == (FileState.SEEN, 2)
     assert ledger.retry(file.sha256) is None  # seen is not retryable: it is on its way
 
-    rejection = ledger.record_rejection(
+    outbox = ledger.outbox
+    assert outbox.next_retry_at() is None
+    rejection = outbox.record(
         path=tmp_path / "x.parquet",
         quarantined_path=tmp_path / "q" / "x.parquet",
         rule="file-name",
@@ -234,11 +240,13 @@ def test_crashed_runs_retry_with_a_new_run_key_and_rejections_wait_for_their_ale
         message="x.parquet: file-name: bad name",
     )
     assert rejection is not None
-    assert [r.id for r in ledger.unsent_rejections()] == [rejection.id]
-    ledger.record_alert_failure(rejection.id, error="refused", retry_at=time.time() + 60)
-    assert ledger.unsent_rejections() == []
-    assert ledger.next_attempt_at() is not None
-    again = ledger.record_rejection(
+    assert [r.id for r in outbox.unsent()] == [rejection.id]
+    assert outbox.next_retry_at() == 0  # due now
+    retry_at = time.time() + 60
+    assert outbox.record_failure(rejection.id, error="refused", retry_at=retry_at) == 1
+    assert outbox.unsent() == []
+    assert outbox.next_retry_at() == pytest.approx(retry_at)
+    again = outbox.record(
         path=tmp_path / "x.parquet",
         quarantined_path=tmp_path / "q" / "x.parquet",
         rule="file-name",
@@ -246,6 +254,8 @@ def test_crashed_runs_retry_with_a_new_run_key_and_rejections_wait_for_their_ale
         message="x.parquet: file-name: bad name",
     )
     assert again is None  # one quarantined entry, one rejection
-    assert ledger.mark_alert_sent(rejection.id)
-    assert not ledger.mark_alert_sent(rejection.id)
-    assert ledger.rejections()[0].alert_sent_at is not None
+    assert outbox.mark_sent(rejection.id)
+    assert not outbox.mark_sent(rejection.id)
+    assert outbox.rejections()[0].alert_sent_at is not None
+    assert outbox.next_retry_at() is None
+    assert Ledger(ledger.path).outbox.rejections() == outbox.rejections()  # same file

@@ -32,6 +32,7 @@ from taxiops.intake import (
     Ledger,
     PrefectSubmitter,
     PrefectUnreachableError,
+    Rejection,
     RunStatus,
     arrival_event_id,
     describe_incoming,
@@ -169,34 +170,53 @@ def test_a_rejection_is_announced_once_however_often_it_is_sent(
     # A name with a space and a non-ASCII letter: it must survive the resource id and payload.
     name = "grüen_tripdata_2023-03 (1).parquet"
     incoming, kept = tmp_path / "incoming" / name, tmp_path / "quarantine" / name
-    rejection = Ledger(tmp_path / "ledger.sqlite3").record_rejection(
-        path=incoming,
-        quarantined_path=kept,
-        rule="file-name",
-        detail="file name is not <green|yellow>_tripdata_YYYY-MM.parquet",
-        message=f"{name}: file-name: ...",
-    )
+    outbox = Ledger(tmp_path / "ledger.sqlite3").outbox
+
+    def refuse(quarantined_path: Path) -> Rejection:
+        rejection = outbox.record(
+            path=incoming,
+            quarantined_path=quarantined_path,
+            rule="file-name",
+            detail="file name is not <green|yellow>_tripdata_YYYY-MM.parquet",
+            message=f"{name}: file-name: ...",
+        )
+        assert rejection is not None
+        return rejection
+
+    rejection = refuse(kept)
     submitter = PrefectSubmitter(api_url)
     submitter.announce_rejection(rejection)
     submitter.announce_rejection(rejection)  # a re-send after a lost acknowledgement
-    event_filter = EventFilter(
-        event=EventNameFilter(name=[names.DATA_REJECTED]),
-        resource=EventResourceFilter(id=[names.file_resource(name)["prefect.resource.id"]]),
-    )
 
-    def stored() -> list[Event]:
+    def stored(quarantined_path: Path) -> list[Event]:
+        # A new filter each time: its default `occurred.until` is the time it is built.
+        event_filter = EventFilter(
+            event=EventNameFilter(name=[names.DATA_REJECTED]),
+            resource=EventResourceFilter(id=[names.file_resource(name)["prefect.resource.id"]]),
+        )
+        # By payload, not by id: a re-send under a new id must count as a duplicate too.
         page = client.read_events(filter=event_filter, limit=50)
-        return [e for e in page.events if str(e.id) == rejection.id]
+        return [e for e in page.events if e.payload["quarantined_to"] == str(quarantined_path)]
 
-    [event] = wait_for(stored, timeout=30, what="the rejection event in the event store")
+    [event] = wait_for(lambda: stored(kept), timeout=30, what="the rejection in the event store")
+    assert str(event.id) == rejection.id
     assert event.resource.name == name
     assert event.payload["path"] == str(incoming)
     assert event.payload["rule"] == "file-name"
-    assert event.payload["quarantined_to"] == str(kept)
     assert event.payload["hint"] == ValidationRule.FILE_NAME.hint
-    submitter.announce_rejection(rejection)
-    time.sleep(1.0)  # give a duplicate the time to be stored, were the id not enough
-    assert len(stored()) == 1
+
+    submitter.announce_rejection(rejection)  # re-sent once the first is stored
+    # The server persists events in the order it received them, a batch per transaction:
+    # once an event sent after the re-send is stored, the re-send was handled too, so a
+    # duplicate would be in the store by now.
+    later = refuse(kept.with_name(f"{name}.later"))
+    submitter.announce_rejection(later)
+    wait_for(
+        lambda: stored(kept.with_name(f"{name}.later")),
+        timeout=30,
+        what="an event sent after the re-send in the event store",
+    )
+    assert [str(e.id) for e in stored(kept)] == [rejection.id]
 
 
 def test_flow_run_states_are_read_back_as_outcomes(

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,10 +21,27 @@ from taxiops.intake import (
     RunOutcome,
     RunStatus,
     Submission,
+    Submitter,
     WatcherService,
 )
+from taxiops.settings import Settings
 
-ServiceFactory = Callable[..., WatcherService]
+
+class ServiceFactory(Protocol):
+    """`make_service`: a `WatcherService` with fast test timings, stopped at teardown."""
+
+    def __call__(
+        self,
+        submitter: Submitter,
+        settings: Settings | None = None,
+        *,
+        backoff: Backoff | None = None,
+        poll_runs_every_seconds: float | None = None,
+        debounce_seconds: float | None = None,
+        polling_interval_seconds: float | None = None,
+        claim_lease_seconds: float | None = None,
+    ) -> WatcherService: ...
+
 
 T = TypeVar("T")
 
@@ -43,7 +60,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, what: str = "") -> T:
+def wait_for(condition: Callable[[], T | None], *, timeout: float = 10.0, what: str = "") -> T:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -62,7 +79,7 @@ class Call:
 
 
 @dataclass
-class RecordingSubmitter:
+class RecordingSubmitter(Submitter):
     """A `Submitter` that records acknowledged hand-offs and rejection alerts; can fail
     first, like a down API (`fail_first` hand-offs, `fail_announcements` alerts, or every
     hand-off while `refusing`)."""

@@ -1,9 +1,13 @@
 """Watch the incoming folder and hand each complete month file to Prefect exactly once.
 
-watchdog event ─> IncomingFileHandler ─> Debouncer ─> inspect_entry (admission)
-    ─> Ledger (seen) ─> Submitter (flow run + taxiops.data.arrived) ─> Ledger (submitted)
+folder -> ledger (`FolderIntake`):
+  watchdog event ─> IncomingFileHandler ─> Debouncer ─> inspect_entry (admission)
+    ─> Ledger (seen)
+  refused ─> quarantine/ + reason file ─> RejectionOutbox (alert pending)
+ledger -> Prefect (`HandOff`):
+  Ledger (seen) ─> Submitter (flow run + taxiops.data.arrived) ─> Ledger (submitted)
     ─> flow-run state read back ─> Ledger (succeeded | failed | crashed | rejected)
-  refused ─> quarantine/ + reason file ─> Ledger (rejection) ─> taxiops.data.rejected, once
+  RejectionOutbox ─> taxiops.data.rejected, once
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from taxiops.intake._incoming import (
     describe_incoming,
     has_parquet_footer,
 )
-from taxiops.intake._ledger import FileState, Ledger, LedgerEntry, Rejection, run_key
+from taxiops.intake._ledger import FileState, Ledger, LedgerEntry, run_key
+from taxiops.intake._outbox import Rejection, RejectionOutbox
 from taxiops.intake._retry import RetryRefusedError, retry_file
-from taxiops.intake._service import WatcherService, WatcherStats, rejection_rows, status_rows
+from taxiops.intake._service import WatcherService, rejection_rows, status_rows
 from taxiops.intake._submitter import (
     HandOffError,
     PrefectSubmitter,
@@ -40,6 +45,7 @@ from taxiops.intake._submitter import (
     arrival_event_id,
     outcome_from_state,
 )
+from taxiops.intake._worker import WatcherStats
 
 __all__ = [
     "DEFAULT_IGNORE_PATTERNS",
@@ -58,6 +64,7 @@ __all__ = [
     "PrefectUnreachableError",
     "Refused",
     "Rejection",
+    "RejectionOutbox",
     "RetryRefusedError",
     "RunOutcome",
     "RunStatus",

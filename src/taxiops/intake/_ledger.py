@@ -1,7 +1,6 @@
-"""The durable ledger: every month file the watcher accepted, by content SHA-256, and every
-entry it refused.
+"""The durable ledger: every month file the watcher accepted, by content SHA-256.
 
-One SQLite file in WAL mode, shared safely by several watcher processes on the
+One SQLite file (`LedgerDatabase`), shared safely by several watcher processes on the
 same folder. A file moves through
 
     seen ──claim──> (claimed) ──> submitted ──> succeeded | failed | crashed | rejected
@@ -15,79 +14,26 @@ exactly one wins. A claim expires after a lease so a crashed process cannot hold
 file forever; Prefect's idempotency key (`run_key`: the SHA-256 and the run number)
 makes the rare takeover safe. A retry raises the run number, so it gets a new key.
 
-Entries the watcher refused before any run (bad name, folder, outside link, empty or
-torn file, too large) are `rejections`; each keeps its alert pending until the Prefect
-API acknowledged the rejection event, whose id is the rejection's id.
+Entries the watcher refused before any run live beside the files, in the same SQLite
+file, as the rejection-alert outbox (`Ledger.outbox`, see `_outbox`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
+from taxiops.intake._database import LedgerDatabase, when
 from taxiops.intake._incoming import IncomingFile
+from taxiops.intake._outbox import Rejection, RejectionOutbox, insert_rejection
 
-_SCHEMA_VERSION = 2
-_FILES_TABLE = """
-CREATE TABLE files (
-    sha256           TEXT PRIMARY KEY,
-    path             TEXT NOT NULL,
-    taxi_type        TEXT NOT NULL,
-    month            TEXT NOT NULL,
-    size             INTEGER NOT NULL,
-    state            TEXT NOT NULL
-                     CHECK (state IN ('seen', 'submitted', 'succeeded', 'failed', 'crashed',
-                                      'rejected')),
-    flow_run_id      TEXT,
-    detail           TEXT,
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  REAL,
-    claimed_by       TEXT,
-    claim_expires_at REAL,
-    seen_at          REAL NOT NULL,
-    submitted_at     REAL,
-    finished_at      REAL,
-    updated_at       REAL NOT NULL,
-    runs             INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX files_by_state ON files (state);
-"""
-_REJECTIONS_TABLE = """
-CREATE TABLE rejections (
-    id               TEXT PRIMARY KEY,
-    path             TEXT NOT NULL,
-    quarantined_path TEXT UNIQUE,
-    rule             TEXT NOT NULL,
-    detail           TEXT NOT NULL,
-    message          TEXT NOT NULL,
-    sha256           TEXT,
-    rejected_at      REAL NOT NULL,
-    alert_sent_at    REAL,
-    alert_attempts   INTEGER NOT NULL DEFAULT 0,
-    alert_next_at    REAL,
-    alert_error      TEXT
-);
-CREATE INDEX rejections_unsent ON rejections (alert_sent_at);
-"""
-_V1_COLUMNS = (
-    "sha256, path, taxi_type, month, size, state, flow_run_id, detail, attempts, "
-    "next_attempt_at, claimed_by, claim_expires_at, seen_at, submitted_at, finished_at, "
-    "updated_at"
-)
 _COLUMNS = (
     "sha256, path, taxi_type, month, size, state, flow_run_id, detail, attempts, "
     "next_attempt_at, claimed_by, seen_at, submitted_at, finished_at, updated_at, runs"
-)
-_REJECTION_COLUMNS = (
-    "id, path, quarantined_path, rule, detail, message, sha256, rejected_at, alert_sent_at, "
-    "alert_attempts, alert_error"
 )
 
 
@@ -150,48 +96,9 @@ def run_key(sha256: str, runs: int) -> str:
     return sha256 if runs <= 1 else f"{sha256}:run{runs}"
 
 
-@dataclass(frozen=True)
-class Rejection:
-    """An entry the watcher refused before any flow run, and whether its alert went out."""
-
-    id: str  # also the id of its `taxiops.data.rejected` event
-    path: Path
-    quarantined_path: Path | None
-    rule: str
-    detail: str
-    message: str
-    sha256: str | None
-    rejected_at: datetime
-    alert_sent_at: datetime | None
-    alert_attempts: int
-    alert_error: str | None
-
-
-def _rejection(row: sqlite3.Row) -> Rejection:
-    rejected_at = _when(row["rejected_at"])
-    assert rejected_at is not None
-    return Rejection(
-        id=row["id"],
-        path=Path(row["path"]),
-        quarantined_path=None if row["quarantined_path"] is None else Path(row["quarantined_path"]),
-        rule=row["rule"],
-        detail=row["detail"],
-        message=row["message"],
-        sha256=row["sha256"],
-        rejected_at=rejected_at,
-        alert_sent_at=_when(row["alert_sent_at"]),
-        alert_attempts=row["alert_attempts"],
-        alert_error=row["alert_error"],
-    )
-
-
-def _when(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
 def _entry(row: sqlite3.Row) -> LedgerEntry:
-    seen_at = _when(row["seen_at"])
-    updated_at = _when(row["updated_at"])
+    seen_at = when(row["seen_at"])
+    updated_at = when(row["updated_at"])
     assert seen_at is not None and updated_at is not None
     return LedgerEntry(
         sha256=row["sha256"],
@@ -203,11 +110,11 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         flow_run_id=row["flow_run_id"],
         detail=row["detail"],
         attempts=row["attempts"],
-        next_attempt_at=_when(row["next_attempt_at"]),
+        next_attempt_at=when(row["next_attempt_at"]),
         claimed_by=row["claimed_by"],
         seen_at=seen_at,
-        submitted_at=_when(row["submitted_at"]),
-        finished_at=_when(row["finished_at"]),
+        submitted_at=when(row["submitted_at"]),
+        finished_at=when(row["finished_at"]),
         updated_at=updated_at,
         runs=row["runs"],
     )
@@ -221,43 +128,22 @@ class Ledger:
     """
 
     def __init__(self, path: Path, *, busy_timeout_seconds: float = 30.0) -> None:
-        self._path = Path(path)
-        self._busy_timeout = busy_timeout_seconds
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as conn:
-            # WAL lets readers (`taxiops status`) run while a watcher writes.
-            conn.execute("PRAGMA journal_mode=WAL")
-            _create_or_migrate(conn)
+        self._db = LedgerDatabase(path, busy_timeout_seconds=busy_timeout_seconds)
+        self._outbox = RejectionOutbox(self._db)
 
     @property
     def path(self) -> Path:
-        return self._path
+        return self._db.path
 
-    # --- connections -----------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN ourselves, so a transaction means what it says.
-        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the database write lock up front."""
-        with closing(self._connect()) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+    @property
+    def outbox(self) -> RejectionOutbox:
+        """The rejection alerts, in this ledger's database."""
+        return self._outbox
 
     def _select(self, where: str = "", params: tuple[object, ...] = ()) -> list[LedgerEntry]:
-        with closing(self._connect()) as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM files {where} ORDER BY seen_at, sha256", params
-            ).fetchall()
+        rows = self._db.read(
+            f"SELECT {_COLUMNS} FROM files {where} ORDER BY seen_at, sha256", params
+        )
         return [_entry(row) for row in rows]
 
     # --- recording -------------------------------------------------------------------
@@ -268,7 +154,7 @@ class Ledger:
         (the file was renamed while waiting).
         """
         now = time.time()
-        with self._write() as conn:
+        with self._db.write() as conn:
             inserted = conn.execute(
                 "INSERT OR IGNORE INTO files (sha256, path, taxi_type, month, size, state, "
                 "seen_at, updated_at) VALUES (?, ?, ?, ?, ?, 'seen', ?, ?)",
@@ -310,7 +196,7 @@ class Ledger:
         """Atomically take a due `seen` file for hand-off; None when another owner has it,
         it is not due yet, or it is no longer `seen`."""
         now = time.time()
-        with self._write() as conn:
+        with self._db.write() as conn:
             claimed = conn.execute(
                 "UPDATE files SET claimed_by = ?, claim_expires_at = ?, updated_at = ? "
                 "WHERE sha256 = ? AND state = 'seen' "
@@ -327,7 +213,7 @@ class Ledger:
 
         Returns the number of failed attempts so far.
         """
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 "UPDATE files SET attempts = attempts + 1, detail = ?, next_attempt_at = ?, "
                 "claimed_by = NULL, claim_expires_at = NULL, updated_at = ? "
@@ -339,7 +225,7 @@ class Ledger:
 
     def release(self, sha256: str, owner: str) -> None:
         """Give back a claim without counting an attempt (the service is stopping)."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 "UPDATE files SET claimed_by = NULL, claim_expires_at = NULL "
                 "WHERE sha256 = ? AND claimed_by = ?",
@@ -349,7 +235,7 @@ class Ledger:
     def mark_submitted(self, sha256: str, flow_run_id: str) -> bool:
         """Record the acknowledged hand-off. True when this call moved the file to `submitted`."""
         now = time.time()
-        with self._write() as conn:
+        with self._db.write() as conn:
             return bool(
                 conn.execute(
                     "UPDATE files SET state = 'submitted', flow_run_id = ?, detail = NULL, "
@@ -364,7 +250,7 @@ class Ledger:
         if not state.is_finished:
             raise ValueError(f"{state} is not a finished state")
         now = time.time()
-        with self._write() as conn:
+        with self._db.write() as conn:
             return bool(
                 conn.execute(
                     "UPDATE files SET state = ?, detail = ?, finished_at = ?, updated_at = ? "
@@ -375,7 +261,7 @@ class Ledger:
 
     def requeue(self, sha256: str, reason: str) -> bool:
         """Send a `submitted` file back to `seen` (its flow run vanished from the server)."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             return bool(
                 conn.execute(
                     "UPDATE files SET state = 'seen', flow_run_id = NULL, detail = ?, "
@@ -405,7 +291,7 @@ class Ledger:
         key); `finished` records the end of the run it leaves. None when not in those states."""
         now = time.time()
         marks = ", ".join("?" for _ in from_states)
-        with self._write() as conn:
+        with self._db.write() as conn:
             changed = conn.execute(
                 "UPDATE files SET state = 'seen', runs = runs + 1, flow_run_id = NULL, "
                 "detail = ?, attempts = 0, next_attempt_at = NULL, claimed_by = NULL, "
@@ -417,101 +303,28 @@ class Ledger:
                 return None
             return _entry_of(conn, sha256)
 
-    # --- rejections ----------------------------------------------------------------------
-    def record_rejection(
-        self,
-        *,
-        path: Path,
-        quarantined_path: Path | None,
-        rule: str,
-        detail: str,
-        message: str,
-        sha256: str | None = None,
-        forget_seen: bool = False,
+    def forget_vanished(
+        self, sha256: str, *, path: Path, rule: str, detail: str, message: str
     ) -> Rejection | None:
-        """Record an entry refused before any run; its alert is pending until marked sent.
-
-        None, and nothing recorded, when `quarantined_path` is recorded already, or, with
-        `forget_seen`, when the file of `sha256` is not `seen` (with it, that file is
-        dropped in the same transaction: it vanished before its hand-off).
-        """
-        rejection_id = str(uuid.uuid4())
-        with self._write() as conn:
-            if (
-                forget_seen
-                and not conn.execute(
-                    "DELETE FROM files WHERE sha256 = ? AND state = 'seen'", (sha256,)
-                ).rowcount
-            ):
+        """A `seen` file vanished before its hand-off: drop its row and record its rejection
+        (alert pending) in one transaction. None, and nothing changed, when it is not `seen`."""
+        with self._db.write() as conn:
+            if not conn.execute(
+                "DELETE FROM files WHERE sha256 = ? AND state = 'seen'", (sha256,)
+            ).rowcount:
                 return None
-            inserted = conn.execute(
-                # OR IGNORE: one quarantined entry is one rejection, however often recorded.
-                "INSERT OR IGNORE INTO rejections (id, path, quarantined_path, rule, detail, "
-                "message, sha256, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rejection_id,
-                    str(path),
-                    None if quarantined_path is None else str(quarantined_path),
-                    rule,
-                    detail,
-                    message,
-                    sha256,
-                    time.time(),
-                ),
-            ).rowcount
-            if not inserted:
+            rejection = insert_rejection(
+                conn,
+                path=path,
+                quarantined_path=None,
+                rule=rule,
+                detail=detail,
+                message=message,
+                sha256=sha256,
+            )
+            if rejection is None:
                 conn.rollback()
-                return None
-            row = conn.execute(
-                f"SELECT {_REJECTION_COLUMNS} FROM rejections WHERE id = ?", (rejection_id,)
-            ).fetchone()
-        return _rejection(row)
-
-    def unsent_rejections(self, now: float | None = None) -> list[Rejection]:
-        """Rejections whose alert is not acknowledged yet and is due for another try."""
-        now = time.time() if now is None else now
-        return self._select_rejections(
-            "WHERE alert_sent_at IS NULL AND (alert_next_at IS NULL OR alert_next_at <= ?)",
-            (now,),
-        )
-
-    def mark_alert_sent(self, rejection_id: str) -> bool:
-        """The Prefect API acknowledged the rejection event. True when this call recorded it."""
-        with self._write() as conn:
-            return bool(
-                conn.execute(
-                    "UPDATE rejections SET alert_sent_at = ?, alert_error = NULL "
-                    "WHERE id = ? AND alert_sent_at IS NULL",
-                    (time.time(), rejection_id),
-                ).rowcount
-            )
-
-    def record_alert_failure(self, rejection_id: str, *, error: str, retry_at: float) -> int:
-        """The rejection event was not acknowledged; try again at `retry_at`. Returns attempts."""
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE rejections SET alert_attempts = alert_attempts + 1, alert_error = ?, "
-                "alert_next_at = ? WHERE id = ? AND alert_sent_at IS NULL",
-                (error, retry_at, rejection_id),
-            )
-            row = conn.execute(
-                "SELECT alert_attempts FROM rejections WHERE id = ?", (rejection_id,)
-            ).fetchone()
-        return int(row["alert_attempts"]) if row is not None else 0
-
-    def rejections(self) -> list[Rejection]:
-        """Every rejection, oldest first."""
-        return self._select_rejections()
-
-    def _select_rejections(
-        self, where: str = "", params: tuple[object, ...] = ()
-    ) -> list[Rejection]:
-        with closing(self._connect()) as conn:
-            rows = conn.execute(
-                f"SELECT {_REJECTION_COLUMNS} FROM rejections {where} ORDER BY rejected_at, id",
-                params,
-            ).fetchall()
-        return [_rejection(row) for row in rows]
+            return rejection
 
     # --- reading -----------------------------------------------------------------------
     def get(self, sha256: str) -> LedgerEntry | None:
@@ -542,63 +355,22 @@ class Ledger:
 
     def next_attempt_at(self) -> float | None:
         """The earliest wall-clock time a pending file becomes due (its retry time, or the
-        end of another owner's claim) or a pending rejection alert is retried, if any."""
-        with closing(self._connect()) as conn:
-            row = conn.execute(
-                "SELECT MIN(due) AS due FROM ("
-                "SELECT MAX(COALESCE(next_attempt_at, 0), "
-                "CASE WHEN claimed_by IS NULL THEN 0 ELSE claim_expires_at END) AS due "
-                "FROM files WHERE state = 'seen' "
-                "UNION ALL SELECT COALESCE(alert_next_at, 0) AS due "
-                "FROM rejections WHERE alert_sent_at IS NULL)"
-            ).fetchone()
+        end of another owner's claim; 0: now), if any file is pending."""
+        [row] = self._db.read(
+            "SELECT MIN(MAX(COALESCE(next_attempt_at, 0), "
+            "CASE WHEN claimed_by IS NULL THEN 0 ELSE claim_expires_at END)) AS due "
+            "FROM files WHERE state = 'seen'"
+        )
         return None if row["due"] is None else float(row["due"])
 
     def claims(self) -> dict[str, str]:
         """Owner of every claimed pending file, by SHA-256."""
-        with closing(self._connect()) as conn:
-            rows = conn.execute(
-                "SELECT sha256, claimed_by FROM files "
-                "WHERE state = 'seen' AND claimed_by IS NOT NULL"
-            ).fetchall()
+        rows = self._db.read(
+            "SELECT sha256, claimed_by FROM files WHERE state = 'seen' AND claimed_by IS NOT NULL"
+        )
         return {row["sha256"]: row["claimed_by"] for row in rows}
 
 
 def _entry_of(conn: sqlite3.Connection, sha256: str) -> LedgerEntry:
     row = conn.execute(f"SELECT {_COLUMNS} FROM files WHERE sha256 = ?", (sha256,)).fetchone()
     return _entry(row)
-
-
-def _create_or_migrate(conn: sqlite3.Connection) -> None:
-    """Create the tables, or bring a ledger written by an older taxiops up to date.
-
-    Under the write lock, so several processes opening one ledger at once do it once.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            for statement in _statements(_FILES_TABLE + _REJECTIONS_TABLE):
-                conn.execute(statement)
-        elif version == 1:
-            # v2: a `crashed` state (the CHECK constraint: the table is rebuilt), a run
-            # number per file, and the rejections table.
-            conn.execute("ALTER TABLE files RENAME TO files_v1")
-            conn.execute("DROP INDEX IF EXISTS files_by_state")
-            for statement in _statements(_FILES_TABLE + _REJECTIONS_TABLE):
-                conn.execute(statement)
-            conn.execute(f"INSERT INTO files ({_V1_COLUMNS}) SELECT {_V1_COLUMNS} FROM files_v1")
-            conn.execute("DROP TABLE files_v1")
-        elif version > _SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"ledger schema v{version} is newer than this taxiops (v{_SCHEMA_VERSION})"
-            )
-        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
-
-
-def _statements(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]

@@ -1,8 +1,8 @@
 """Entries the watcher refuses: kept in quarantine, recorded in the ledger, alerted on once.
 
-    refused entry ─> quarantine/ (+ reason file) ─> Ledger.record_rejection (alert pending)
-        ─> Submitter.announce_rejection ─> Ledger.mark_alert_sent
-                        └─ failed: Ledger.record_alert_failure, retried with backoff
+    refused entry ─> quarantine/ (+ reason file) ─> RejectionOutbox.record (alert pending)
+        ─> Submitter.announce_rejection ─> RejectionOutbox.mark_sent
+                        └─ failed: RejectionOutbox.record_failure, retried with backoff
 
 Only the process whose move into quarantine succeeded records the rejection, so two
 watchers on one folder alert once. The event id is the rejection id, so a re-sent
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from taxiops.errors import DataValidationError
 from taxiops.intake._backoff import Backoff
-from taxiops.intake._ledger import Ledger, Rejection
+from taxiops.intake._ledger import Ledger
+from taxiops.intake._outbox import Rejection, RejectionOutbox
 from taxiops.intake._submitter import Submitter
 from taxiops.intake.quarantine import REASON_SUFFIX, quarantine, quarantined_entries, read_reason
 
@@ -27,7 +28,7 @@ logger = logging.getLogger("taxiops.intake")
 
 
 def quarantine_and_record(
-    error: DataValidationError, ledger: Ledger, *, quarantine_dir: Path, by: str
+    error: DataValidationError, outbox: RejectionOutbox, *, quarantine_dir: Path, by: str
 ) -> Rejection | None:
     """Move the refused entry into `quarantine_dir` and record its rejection (alert pending).
 
@@ -39,7 +40,7 @@ def quarantine_and_record(
     if moved is None:
         logger.debug("%s was gone before it could be quarantined", error.path)
         return None
-    rejection = ledger.record_rejection(
+    rejection = outbox.record(
         path=error.path,
         quarantined_path=moved.path,
         rule=error.rule.value,
@@ -53,14 +54,8 @@ def quarantine_and_record(
 def record_vanished(error: DataValidationError, ledger: Ledger, *, sha256: str) -> Rejection | None:
     """Record that a `seen` month file vanished before its hand-off (nothing kept): its
     ledger row becomes a rejection in one transaction. None when it was no longer `seen`."""
-    rejection = ledger.record_rejection(
-        path=error.path,
-        quarantined_path=None,
-        rule=error.rule.value,
-        detail=error.detail,
-        message=str(error),
-        sha256=sha256,
-        forget_seen=True,
+    rejection = ledger.forget_vanished(
+        sha256, path=error.path, rule=error.rule.value, detail=error.detail, message=str(error)
     )
     if rejection is not None:
         logger.warning("rejected %s; nothing left to quarantine", error)
@@ -68,13 +63,13 @@ def record_vanished(error: DataValidationError, ledger: Ledger, *, sha256: str) 
 
 
 def record_unrecorded_quarantine(
-    ledger: Ledger, quarantine_dir: Path, *, older_than_seconds: float = 10.0
+    outbox: RejectionOutbox, quarantine_dir: Path, *, older_than_seconds: float = 10.0
 ) -> list[Rejection]:
     """Record entries a watcher moved into quarantine but did not record (it died between
     the two steps, or the ledger write failed), so their alert still goes out. Entries
     younger than `older_than_seconds` may be a live watcher's, about to be recorded; one
-    recorded twice is ignored by the ledger."""
-    known = {rejection.quarantined_path for rejection in ledger.rejections()}
+    recorded twice is ignored by the outbox."""
+    known = {rejection.quarantined_path for rejection in outbox.rejections()}
     cutoff = time.time() - older_than_seconds
     recorded = []
     for entry in quarantined_entries(quarantine_dir):
@@ -85,7 +80,7 @@ def record_unrecorded_quarantine(
             written = entry.with_name(entry.name + REASON_SUFFIX).stat().st_mtime
             if not str(reason.get("by", "")).startswith("watcher ") or written > cutoff:
                 continue  # a flow run's rejection alerts by its own event
-            rejection = ledger.record_rejection(
+            rejection = outbox.record(
                 path=Path(str(reason["original_path"])),
                 quarantined_path=entry,
                 rule=str(reason["rule"]),
@@ -110,11 +105,11 @@ class AlertRound:
 
 
 def send_rejection_alerts(
-    ledger: Ledger, submitter: Submitter, backoff: Backoff, *, stopping: threading.Event
+    outbox: RejectionOutbox, submitter: Submitter, backoff: Backoff, *, stopping: threading.Event
 ) -> AlertRound:
     """Announce every due pending rejection; a failed one is retried after a backoff delay."""
     sent = failed = 0
-    for rejection in ledger.unsent_rejections():
+    for rejection in outbox.unsent():
         if stopping.is_set():
             break
         try:
@@ -122,7 +117,7 @@ def send_rejection_alerts(
         except Exception as exc:
             attempts = rejection.alert_attempts + 1
             delay = backoff.delay(attempts)
-            ledger.record_alert_failure(rejection.id, error=str(exc), retry_at=time.time() + delay)
+            outbox.record_failure(rejection.id, error=str(exc), retry_at=time.time() + delay)
             failed += 1
             logger.warning(
                 "%s: rejection alert attempt %d failed, next try in %.1fs: %s",
@@ -132,7 +127,7 @@ def send_rejection_alerts(
                 exc,
             )
             continue
-        if ledger.mark_alert_sent(rejection.id):
+        if outbox.mark_sent(rejection.id):
             sent += 1
             logger.info("%s: rejection alert sent (%s)", rejection.path.name, rejection.rule)
     return AlertRound(sent=sent, failed=failed)

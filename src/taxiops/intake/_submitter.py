@@ -19,7 +19,8 @@ import httpx
 from taxiops import names
 from taxiops.errors import TaxiopsError, ValidationRule
 from taxiops.intake._incoming import IncomingFile
-from taxiops.intake._ledger import Rejection, run_key
+from taxiops.intake._ledger import run_key
+from taxiops.intake._outbox import Rejection
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient

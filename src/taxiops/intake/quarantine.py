@@ -15,18 +15,16 @@ no half-copy ever carries the final name. A symlink is moved as the link, never 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from taxiops.errors import DataValidationError, ValidationRule
+from taxiops.fileio import exclusive_lock, fsync_dir, write_atomically
 
 REASON_SUFFIX = ".reason.json"
 
@@ -58,7 +56,8 @@ def quarantine(
     """
     original = error.path
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder):
+    # One lock on the folder: choosing a free name and renaming into it is one step.
+    with exclusive_lock(folder / ".lock"):
         if not os.path.lexists(original):
             return None
         target = _free_name(folder, original.name)
@@ -76,7 +75,7 @@ def quarantine(
             "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "by": by,
         }
-        _write_atomically(reason_path, json.dumps(reason, indent=2, ensure_ascii=False) + "\n")
+        write_atomically(reason_path, json.dumps(reason, indent=2, ensure_ascii=False) + "\n")
         try:
             _move(original, target)
         except FileNotFoundError:
@@ -85,6 +84,7 @@ def quarantine(
         except BaseException:
             reason_path.unlink(missing_ok=True)
             raise
+        fsync_dir(folder)  # the move survives a crash, like its reason file
     return QuarantinedFile(
         original=original,
         path=target,
@@ -163,26 +163,6 @@ def _move(source: Path, target: Path) -> None:
             shutil.rmtree(source)
         else:
             source.unlink()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temp = path.with_name(f".{uuid.uuid4().hex}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Exclusive use of `folder` for choosing a free name and renaming into it."""
-    with (folder / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _size(path: Path) -> int | None:

@@ -10,8 +10,6 @@ Saved models are portable files, never pickles:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy.typing as npt
 import pandas as pd
 import xgboost as xgb
 
+from taxiops.fileio import write_atomically
 from taxiops.ml.features import FEATURE_NAMES, ZoneEncoder
 from taxiops.ml.schema import DURATION, FEATURE_INPUT_COLUMNS
 
@@ -148,10 +147,10 @@ class DurationModel:
             "trained_rows": self.trained_rows,
             "xgboost_version": xgb.__version__,
         }
-        _write_atomically(directory / ENCODER_FILE, json.dumps(self.encoder.to_json()).encode())
-        _write_atomically(directory / BOOSTER_FILE, bytes(self.booster.save_raw(raw_format="ubj")))
+        write_atomically(directory / ENCODER_FILE, json.dumps(self.encoder.to_json()).encode())
+        write_atomically(directory / BOOSTER_FILE, bytes(self.booster.save_raw(raw_format="ubj")))
         # Written last: its presence marks a complete model.
-        _write_atomically(directory / MODEL_FILE, json.dumps(meta, indent=2).encode())
+        write_atomically(directory / MODEL_FILE, json.dumps(meta, indent=2).encode())
 
     @classmethod
     def load(cls, directory: Path) -> DurationModel:
@@ -204,14 +203,3 @@ def train_model(
     del matrix
     booster = xgb.train(params.booster_params(), dtrain, num_boost_round=params.rounds)
     return DurationModel(booster, encoder, params, trained_rows=rows)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -14,13 +14,12 @@ writers across processes.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from taxiops import ml
 from taxiops.errors import RegistryError
+from taxiops.fileio import exclusive_lock, fsync_dir, write_atomically
 
 if TYPE_CHECKING:
     from taxiops.ml import DurationModel, Metrics
@@ -226,7 +226,7 @@ class ModelRegistry:
                 model.save(staging)
                 _write_json_durably(staging / CARD_FILE, asdict(card))
                 os.rename(staging, folder / f"v{number:04d}")
-                _fsync_dir(folder)
+                fsync_dir(folder)
             except OSError as exc:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise RegistryError(
@@ -290,19 +290,15 @@ class ModelRegistry:
     @contextmanager
     def _locked(self, taxi_type: str) -> Iterator[None]:
         folder = self.root / taxi_type
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle = (folder / LOCK_FILE).open("a")
-        except OSError as exc:
-            raise RegistryError(
-                folder, f"cannot open the registry: {exc}; {_WRITE_FAILED_HINT}"
-            ) from exc
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with ExitStack() as held:
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                folder.mkdir(parents=True, exist_ok=True)
+                held.enter_context(exclusive_lock(folder / LOCK_FILE))
+            except OSError as exc:
+                raise RegistryError(
+                    folder, f"cannot open the registry: {exc}; {_WRITE_FAILED_HINT}"
+                ) from exc
+            yield
 
     def _production_number(self, taxi_type: str) -> int | None:
         record = self._read_production(taxi_type)
@@ -327,22 +323,5 @@ class ModelRegistry:
 
 
 def _write_json_durably(path: Path, data: object) -> None:
-    """Write JSON to a temp file, fsync, and rename over `path`."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temp.open("w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Replace `path` with `data` as JSON, durably (see `taxiops.fileio.write_atomically`)."""
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=True))
