@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         "second).",
     )
     alert_retry_max_seconds: float = Field(
-        300,
+        60,
         gt=0,
         description="Longest wait between delivery attempts of an alert while a channel is down.",
     )
