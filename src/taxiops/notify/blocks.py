@@ -5,6 +5,9 @@ awaits `block.notify(body=..., subject=...)` inside the server. Prefect's own
 Slack blocks deliver that as plain text; this block reads the body as a JSON
 `Notice` and delivers Block Kit to Slack and a title + body to apprise.
 
+With `outbox_path` set (as `taxiops up` saves it), `notify` only queues the rendered
+alert in that outbox (`taxiops.notify.outbox`); the dispatcher delivers it.
+
 The server finds this class by its slug through the `prefect.collections` entry
 point in pyproject.toml (`taxiops = "taxiops.notify.blocks"`).
 """
