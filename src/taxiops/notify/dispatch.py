@@ -352,8 +352,9 @@ def print_alert_summary(settings: Settings) -> None:
     outbox = Outbox(settings.outbox_path)
     counts = outbox.counts()
     print(
-        f"\nalerts: {counts.sent} sent ({counts.grouped} of them in grouped messages), "
-        f"{counts.pending} pending, {counts.undeliverable} undeliverable"
+        f"\nalerts: {counts.sent} sent, "
+        f"{counts.pending} pending, {counts.undeliverable} undeliverable "
+        f"({counts.grouped} held for grouped storm messages)"
     )
     for alert in outbox.undeliverable():
         raised = time.strftime("%Y-%m-%d %H:%M", time.localtime(alert.created_at))
