@@ -8,6 +8,12 @@ DATA_ARRIVED = "taxiops.data.arrived"
 DATA_REJECTED = "taxiops.data.rejected"
 MODEL_TRAINED = "taxiops.model.trained"
 MONTH_MISSING = "taxiops.month.missing"
+ALERT_UNDELIVERABLE = "taxiops.alert.undeliverable"
+
+
+def alert_resource(alert_id: str, kind: str) -> dict[str, str]:
+    """The primary resource of an alert event, e.g. `taxiops.alert.<id>`."""
+    return {"prefect.resource.id": f"taxiops.alert.{alert_id}", "prefect.resource.name": kind}
 
 
 def month_resource_id(taxi_type: str, month: str) -> str:

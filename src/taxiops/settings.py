@@ -170,6 +170,36 @@ class Settings(BaseSettings):
         35, gt=0, description="Alert when a taxi type has no new month for this many days."
     )
 
+    # --- alert delivery (the outbox and its dispatcher) -------------------------
+    alert_max_age_seconds: float = Field(
+        86_400,
+        gt=0,
+        description="An alert not delivered this long after it was raised is reported "
+        "undeliverable (status and a taxiops.alert.undeliverable event).",
+    )
+    alert_send_interval_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="Least time between two posts to one channel (Slack webhooks allow one a "
+        "second).",
+    )
+    alert_retry_max_seconds: float = Field(
+        60,
+        gt=0,
+        description="Longest wait between delivery attempts of an alert while a channel is down.",
+    )
+    alert_storm_count: int = Field(
+        5,
+        ge=1,
+        description="Alerts of one kind sent one by one within the storm window; the rest "
+        "become one grouped message.",
+    )
+    alert_storm_window_seconds: float = Field(
+        60,
+        gt=0,
+        description="The storm window; a grouped message goes out when its window ends.",
+    )
+
     @field_validator("retrain_taxi_types", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -189,6 +219,11 @@ class Settings(BaseSettings):
     @property
     def ledger_path(self) -> Path:
         return self.home / "ledger.sqlite3"
+
+    @property
+    def outbox_path(self) -> Path:
+        """The alert outbox the notifier block fills and the dispatcher drains."""
+        return self.home / "alerts.db"
 
     @property
     def server_dir(self) -> Path:

@@ -33,6 +33,7 @@ from taxiops.app.server import LocalPrefectServer
 from taxiops.ml import write_synth_month
 from taxiops.notify import InboxMessage, SlackInbox
 from taxiops.notify.automations import AUTOMATIONS_DIR, load_automations, set_up_alerting
+from taxiops.notify.dispatch import dispatching
 from taxiops.pipeline.tasks import taxiops_task
 from taxiops.settings import Settings
 from taxiops.tripfile import Month
@@ -55,14 +56,16 @@ def alerting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Settings]:
     """Notifier block pointing at this test's inbox (Slack + apprise), automations applied
-    with short windows (12 s without data, 10 s without a heartbeat)."""
+    with short windows (12 s without data, 10 s without a heartbeat), and the dispatcher
+    delivering what the block queues, as `taxiops up` runs it."""
     monkeypatch.setenv("SLACK_WEBHOOK_URL", inbox.url)
     monkeypatch.setenv("TAXIOPS_APPRISE_URLS", inbox.apprise_url)
     monkeypatch.setenv("TAXIOPS_MISSING_DATA_DAYS", str(12 / 86_400))
     monkeypatch.setenv("TAXIOPS_SILENT_RUN_SECONDS", "10")
     configured = Settings()
     asyncio.run(_apply(configured, prefect_server.ui_url))
-    yield configured
+    with dispatching(configured):
+        yield configured
     # Automations are server-wide: put the default windows back for later tests.
     asyncio.run(
         _apply(

@@ -359,6 +359,7 @@ def retry(
 def status() -> None:
     """Print the month files seen, the entries quarantined, and each taxi type's champion."""
     from taxiops.intake import rejection_rows, status_rows
+    from taxiops.notify.dispatch import alert_states, print_alert_summary
     from taxiops.registry import ModelRegistry
     from taxiops.settings import load_settings
 
@@ -373,15 +374,20 @@ def status() -> None:
     if not rows:
         print("(no files seen yet)")
     rejections = rejection_rows(settings)
+    delivered = alert_states(settings, [rejection.id for rejection in rejections])
     if rejections:
         print(f"\n{'rejected':<16} {'file':<34} {'rule':<18} {'alert':<8} kept as")
     for rejection in rejections:
-        alert = "sent" if rejection.alert_sent_at is not None else "pending"
+        # "sent" only once a channel answered 2xx; "announced": Prefect has the event.
+        alert = delivered.get(rejection.id) or (
+            "announced" if rejection.alert_sent_at is not None else "pending"
+        )
         kept = rejection.quarantined_path or "(gone: nothing to keep)"
         print(
             f"{rejection.rejected_at.astimezone():%Y-%m-%d %H:%M} {rejection.path.name:<34} "
             f"{rejection.rule:<18} {alert:<8} {kept}"
         )
+    print_alert_summary(settings)
     registry = ModelRegistry(settings.models_dir)
     for taxi_type in registry.taxi_types():
         production = registry.production(taxi_type)
@@ -394,6 +400,17 @@ def status() -> None:
                 f"(RMSE {production.card.metrics['rmse']:.3f} on {production.card.validation_month}), "
                 f"{versions} versions"
             )
+
+
+@app.command()
+def dispatch() -> None:
+    """Deliver the queued alerts (TAXIOPS_HOME/alerts.db); for the Prefect server's machine
+    in team mode, where `taxiops up` does not run."""
+    from taxiops.notify.dispatch import dispatch_until_signalled
+    from taxiops.settings import load_settings
+
+    _show_taxiops_logs()
+    dispatch_until_signalled(load_settings())
 
 
 @app.command()

@@ -24,6 +24,7 @@ from taxiops.app.server import LocalPrefectServer, is_healthy, ui_url_for
 from taxiops.errors import TaxiopsError
 from taxiops.intake import PrefectSubmitter, WatcherService
 from taxiops.notify.automations import ApplyReport, set_up_alerting
+from taxiops.notify.dispatch import dispatching
 from taxiops.pipeline.deployments import start_serving
 from taxiops.settings import Settings
 
@@ -110,7 +111,7 @@ def run_service(
     settings.home.mkdir(parents=True, exist_ok=True)
     if watch:
         settings.incoming_dir.mkdir(parents=True, exist_ok=True)
-    with prefect_api(settings) as api:
+    with prefect_api(settings) as api, dispatching(settings, slack_webhook_url=slack_webhook_url):
         asyncio.run(_serve(settings, api, watch, slack_webhook_url, on_ready))
 
 

@@ -5,6 +5,9 @@ awaits `block.notify(body=..., subject=...)` inside the server. Prefect's own
 Slack blocks deliver that as plain text; this block reads the body as a JSON
 `Notice` and delivers Block Kit to Slack and a title + body to apprise.
 
+With `outbox_path` set (as `taxiops up` saves it), `notify` only queues the rendered
+alert in that outbox (`taxiops.notify.outbox`); the dispatcher delivers it.
+
 The server finds this class by its slug through the `prefect.collections` entry
 point in pyproject.toml (`taxiops = "taxiops.notify.blocks"`).
 """
@@ -12,8 +15,12 @@ point in pyproject.toml (`taxiops = "taxiops.notify.blocks"`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import sqlite3
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -49,6 +56,10 @@ if TYPE_CHECKING:
     from taxiops.settings import Settings
 
     _Logger: TypeAlias = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
+_LOG = logging.getLogger("taxiops.notify")
+_NO_PLAIN = PlainMessage("", "")
 
 
 class NotifierError(NotificationError, TaxiopsError):
@@ -106,14 +117,65 @@ class TaxiopsNotifier(NotificationBlock):
         description="Base of the flow-run links in messages, e.g. http://127.0.0.1:4200.",
     )
 
+    outbox_path: str | None = Field(
+        default=None,
+        title="Alert outbox",
+        description="SQLite file alerts are queued in until delivered (TAXIOPS_HOME/alerts.db "
+        "of the machine running `taxiops up` or `taxiops dispatch`); empty sends at once.",
+    )
+
     async def notify(self, body: str, subject: str | None = None) -> None:
-        """Send `body` to every configured channel.
+        """Queue `body` in the alert outbox, from where the dispatcher delivers it.
 
         A JSON notice (see `taxiops.notify.templates`) becomes Block Kit; any other
-        body is sent as text under `subject`. Raises `NotifierError` after trying
-        every channel if any failed; failures are logged without secrets.
+        body is sent as text under `subject`. Queueing is idempotent: a notice of an
+        event already queued (a re-fired action) is not queued again. Channel trouble
+        never raises here. Without an outbox, or when it cannot be written, the
+        channels are tried at once as `send_now` does.
         """
         slack, plain = self.compose(body, subject)
+        logger = self.logger
+        if self.outbox_path:
+            try:
+                queued = await asyncio.to_thread(self._enqueue, body, subject, slack, plain)
+            except (OSError, sqlite3.Error) as exc:
+                logger.error(
+                    "cannot queue the notification in %s (%s); sending it at once",
+                    self.outbox_path,
+                    exc,
+                )
+            else:
+                logger.info("notification %s", "queued" if queued else "was already queued")
+                return
+        await self.send_now(slack, plain)
+
+    def _enqueue(
+        self, body: str, subject: str | None, slack: SlackMessage, plain: PlainMessage
+    ) -> bool:
+        from taxiops.notify.outbox import Outbox
+
+        try:
+            notice: Notice | None = Notice.from_json(body)
+        except InvalidNoticeError:
+            notice = None
+        if notice is not None and notice.event_id:
+            key = f"event:{notice.event_id}:{notice.kind.value}"
+        else:
+            # No event (a proactive trigger): the same text within 5 minutes is one alert.
+            digest = hashlib.sha256(f"{subject}\n{body}".encode()).hexdigest()[:32]
+            key = f"body:{digest}:{int(time.time() // 300)}"
+        return Outbox(Path(self.outbox_path or "")).enqueue(
+            key=key,
+            kind=notice.kind.value if notice is not None else "text",
+            event_id=notice.event_id if notice is not None else None,
+            notice=None if notice is None else notice.with_ui_url(self.ui_url).model_dump_json(),
+            slack=slack.to_payload(),
+            plain={"title": plain.title, "body": plain.body, "level": plain.level},
+        )
+
+    async def send_now(self, slack: SlackMessage, plain: PlainMessage) -> None:
+        """Send to every configured channel now; raise `NotifierError` after trying every
+        channel if any failed. Failures are logged without secrets."""
         logger = self.logger
         sends = self._sends(slack, plain, logger)
         if not sends:
@@ -134,6 +196,20 @@ class TaxiopsNotifier(NotificationBlock):
         if failures:
             raise NotifierError(failures)
 
+    def channels(self) -> list[str]:
+        """The channels this notifier sends to."""
+        return [channel for channel, _ in self._sends(SlackMessage(text=""), _NO_PLAIN, _LOG)]
+
+    def sender(
+        self, channel: str, slack: SlackMessage, plain: PlainMessage, retry: RetryPolicy
+    ) -> Callable[[], None] | None:
+        """A call that sends `slack` / `plain` on `channel` once (with `retry`'s quick
+        retries); None when this notifier has no such channel."""
+        for name, send in self._sends(slack, plain, _LOG, retry):
+            if name == channel:
+                return send
+        return None
+
     def compose(self, body: str, subject: str | None = None) -> tuple[SlackMessage, PlainMessage]:
         """The Slack and apprise messages `notify` would send for `body`."""
         try:
@@ -143,14 +219,18 @@ class TaxiopsNotifier(NotificationBlock):
         return render_slack(notice), render_plain(notice)
 
     def _sends(
-        self, slack: SlackMessage, plain: PlainMessage, logger: _Logger
+        self,
+        slack: SlackMessage,
+        plain: PlainMessage,
+        logger: _Logger,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> list[tuple[str, Callable[[], None]]]:
         sends: list[tuple[str, Callable[[], None]]] = []
         if url := _given(self.slack_webhook_url):
-            webhook = _webhook_sender(url)
+            webhook = _webhook_sender(url, retry)
             sends.append((SLACK_WEBHOOK, lambda: _with_text_fallback(slack, logger, webhook)))
         if token := _given(self.slack_bot_token):
-            bot = _bot_sender(token, self.slack_channel or "", self.slack_api_url)
+            bot = _bot_sender(token, self.slack_channel or "", self.slack_api_url, retry)
             sends.append((SLACK_API, lambda: _with_text_fallback(slack, logger, bot)))
         if urls := _given(self.apprise_urls):
             sends.append(
@@ -214,6 +294,7 @@ def notifier_from_settings(
         slack_api_url=slack_api_url,
         apprise_urls=settings.apprise_urls,
         ui_url=ui_url,
+        outbox_path=str(settings.outbox_path.resolve()),
     )
 
 

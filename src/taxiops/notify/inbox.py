@@ -6,13 +6,17 @@ takes apprise `json://` posts under `/apprise`. Each accepted message is kept in
 memory, appended to a JSONL file if one is given, and printed readably: the
 terminal of `taxiops inbox` is where a demo user reads the alerts.
 
-Tests script failures with `respond_next(500)` or `respond_next(429, retry_after=1)`
-and wait for deliveries with `wait_for(count)`.
+Tests script failures with `respond_next(500)` or `respond_next(429, retry_after=1)`,
+switch the whole inbox between fault modes with `set_mode`: "down" (the port is closed:
+connection refused), "error" (HTTP 500 to every post), "paced" (like Slack: one post
+a second, otherwise 429 with `Retry-After: 1`) and "up", and wait for deliveries with
+`wait_for(count)`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import sys
@@ -40,6 +44,7 @@ from taxiops.notify.messages import (
 )
 
 Endpoint = Literal["webhook", "chat.postMessage", "apprise"]
+FaultMode = Literal["up", "down", "error", "paced"]
 
 KNOWN_BLOCK_TYPES = frozenset({"header", "section", "context", "divider", "actions"})
 _TEXT_TYPES = frozenset({"plain_text", "mrkdwn"})
@@ -169,6 +174,9 @@ class SlackInbox:
         self._changed = threading.Condition()
         self._server: _InboxServer | None = None
         self._thread: threading.Thread | None = None
+        self._mode: FaultMode = "up"
+        self._pace_seconds = 1.0
+        self._last_paced = 0.0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -209,6 +217,46 @@ class SlackInbox:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    # --- fault modes --------------------------------------------------------------------
+
+    @property
+    def mode(self) -> FaultMode:
+        return self._mode
+
+    def set_mode(self, mode: FaultMode, *, pace_seconds: float = 1.0) -> None:
+        """Answer every later post as `mode` says: "up" handles it, "error" answers HTTP 500,
+        "paced" takes one post per `pace_seconds` and answers the others 429 with
+        `Retry-After`, "down" closes the port (connection refused) until another mode."""
+        with self._changed:
+            previous, self._mode = self._mode, mode
+            self._pace_seconds = pace_seconds
+        if mode == "down" and previous != "down":
+            self.stop()
+        elif mode != "down" and previous == "down":
+            self.start()  # the same port: `port` kept the one first bound
+
+    def busiest_second(self) -> int:
+        """The most messages accepted within any one second (a sliding window)."""
+        times = sorted(message.received_at.timestamp() for message in self.messages)
+        most = start = 0
+        for end, moment in enumerate(times):
+            while moment - times[start] >= 1.0:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
+
+    def _fault(self) -> ScriptedResponse | None:
+        with self._changed:
+            if self._mode == "error":
+                return ScriptedResponse(500, _default_body(500))
+            if self._mode == "paced":
+                now = time.monotonic()
+                if now - self._last_paced < self._pace_seconds:
+                    wait = max(1, math.ceil(self._pace_seconds))
+                    return ScriptedResponse(429, "rate_limited", {"Retry-After": str(wait)})
+                self._last_paced = now
+            return None
 
     # --- addresses --------------------------------------------------------------------
 
@@ -536,7 +584,7 @@ class _InboxHandler(BaseHTTPRequestHandler):
             if path.startswith("/apprise")
             else "webhook"
         )
-        scripted = self.inbox._next_scripted(endpoint)
+        scripted = self.inbox._next_scripted(endpoint) or self.inbox._fault()
         if scripted is not None:
             self._answer(scripted.status, scripted.body, scripted.headers)
             return
