@@ -130,7 +130,7 @@ def prefect_yaml(settings: Settings) -> str:
         entry["work_pool"] = {"name": names.WORK_POOL}
         deployments.append(entry)
     body = {"name": "taxiops", "deployments": deployments}
-    return PREFECT_YAML_HEADER + "\n" + yaml.safe_dump(body, sort_keys=False, width=100)
+    return PREFECT_YAML_HEADER + "\n" + str(yaml.safe_dump(body, sort_keys=False, width=100))
 
 
 if __name__ == "__main__":
