@@ -105,7 +105,10 @@ def one_run(repo: Path, commit: str, *, hide_uv: bool) -> tuple[float, float]:
                     installed = time.monotonic() - started
                 if process.poll() is not None:
                     tail = log_path.read_text(errors="replace")[-3000:]
-                    sys.exit(f"make demo exited with {process.returncode}:\n{tail}")
+                    got = "never" if installed is None else f"after {installed:.1f} s"
+                    sys.exit(
+                        f"make demo exited with {process.returncode} (venv installed {got}):\n{tail}"
+                    )
                 if time.monotonic() - started > TIMEOUT_SECONDS:
                     sys.exit(f"no HTTP 200 from {url} after {TIMEOUT_SECONDS:.0f} s")
                 time.sleep(0.2)
