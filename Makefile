@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv from PATH, else the one pip puts into the venv (uv is also a dev dependency).
+UV := $(or $(shell command -v uv 2>/dev/null),$(BIN)/uv)
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lowest lint bench install clean
 
 demo: $(STAMP)
 	$(BIN)/taxiops demo
@@ -13,6 +15,10 @@ demo: $(STAMP)
 # stay in one worker); each worker starts its own Prefect server.
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The unit tests against the lowest versions pyproject.toml allows (own venv: .venv-lowest).
+lowest: $(STAMP)
+	UV=$(UV) .ci/lowest.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests flows bench
@@ -30,14 +36,18 @@ install: $(STAMP)
 
 # scikit-learn for the course's baseline only, outside the venv (see bench/train_vs_course.py).
 .bench-deps: $(STAMP)
-	$(BIN)/python -m pip install --quiet --no-deps --target .bench-deps scikit-learn scipy joblib threadpoolctl
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --target .bench-deps scikit-learn scipy joblib threadpoolctl
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("taxiops needs Python 3.11+") if sys.version_info < (3, 11) else None'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@if [ ! -x "$(UV)" ]; then \
+	  echo "uv is not on PATH: installing it into $(VENV) with pip"; \
+	  $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet uv; \
+	elif [ ! -x $(BIN)/python ]; then \
+	  $(UV) venv --quiet --python $(PYTHON) $(VENV); \
+	fi
+	$(UV) pip install --quiet --python $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .bench-deps .taxiops .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-lowest .bench-deps .taxiops .pytest_cache .mypy_cache .ruff_cache

@@ -24,11 +24,12 @@ from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import AutomationCore
 
 from taxiops import names
+from taxiops.bundled import bundled_root
 from taxiops.errors import TaxiopsError
 from taxiops.notify import templates
 from taxiops.settings import Settings
 
-AUTOMATIONS_DIR = Path(__file__).resolve().parents[3] / "automations"
+AUTOMATIONS_DIR = bundled_root() / "automations"
 
 
 class AutomationSpecError(TaxiopsError):

@@ -1,30 +1,80 @@
-"""The two deployments `taxiops up` serves; `prefect.yaml` declares the same for work pools."""
+"""The two deployments, declared once: `taxiops up` serves them, `prefect.yaml` is written
+from them (`python -m taxiops.pipeline.deployments > prefect.yaml`) for work pools."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
 from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 from prefect.schedules import Cron
 
 from taxiops import names
-from taxiops.pipeline.entrypoints import RETRAIN_ENTRYPOINT, TRAIN_ENTRYPOINT, load_flow
+from taxiops.pipeline.entrypoints import (
+    RETRAIN_ENTRYPOINT,
+    TRAIN_ENTRYPOINT,
+    absolute_entrypoint,
+    load_flow,
+)
 from taxiops.settings import Settings
+
+# One monthly retrain at a time: two would judge the same months twice.
+RETRAIN_CONCURRENCY = 1
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What a deployment is, whoever runs it (the runner of `taxiops up` or a worker)."""
+
+    name: str
+    entrypoint: str
+    description: str
+    tags: tuple[str, ...]
+    concurrency_limit: int
+    cron: str | None = None
+    timezone: str | None = None
+
+
+def deployment_specs(settings: Settings) -> list[DeploymentSpec]:
+    """The file-triggered training deployment and the monthly retrain schedule."""
+    return [
+        DeploymentSpec(
+            name=names.TRAIN_DEPLOYMENT,
+            entrypoint=TRAIN_ENTRYPOINT,
+            description="Train a challenger when the watcher hands over a new month file.",
+            tags=("taxiops", "file-triggered"),
+            concurrency_limit=settings.serve_limit,
+        ),
+        DeploymentSpec(
+            name=names.RETRAIN_DEPLOYMENT,
+            entrypoint=RETRAIN_ENTRYPOINT,
+            description="Retrain each taxi type on its newest month; fail on a missing month.",
+            tags=("taxiops", "scheduled"),
+            concurrency_limit=RETRAIN_CONCURRENCY,
+            cron=settings.schedule_cron,
+            timezone=settings.schedule_timezone,
+        ),
+    ]
 
 
 async def served_deployments(settings: Settings) -> list[RunnerDeployment]:
-    """The file-triggered training deployment and the monthly retrain schedule."""
-    train = await load_flow(TRAIN_ENTRYPOINT).ato_deployment(
-        name=names.TRAIN_DEPLOYMENT,
-        description="Train a challenger when the watcher hands over a new month file.",
-        tags=["taxiops", "file-triggered"],
-    )
-    retrain = await load_flow(RETRAIN_ENTRYPOINT).ato_deployment(
-        name=names.RETRAIN_DEPLOYMENT,
-        description="Retrain each taxi type on its newest month; fail on a missing month.",
-        tags=["taxiops", "scheduled"],
-        schedules=[Cron(settings.schedule_cron, timezone=settings.schedule_timezone)],
-    )
-    return [train, retrain]
+    """The deployments of `deployment_specs`, ready for a runner."""
+    served = []
+    for spec in deployment_specs(settings):
+        deployment = await load_flow(spec.entrypoint).ato_deployment(
+            name=spec.name,
+            description=spec.description,
+            tags=list(spec.tags),
+            concurrency_limit=spec.concurrency_limit,
+            schedules=None if spec.cron is None else [Cron(spec.cron, timezone=spec.timezone)],
+        )
+        # Prefect records the flow's file relative to the cwd of this process; the runner's
+        # flow-run subprocesses re-load it from there. Absolute, it loads from any cwd.
+        deployment.entrypoint = absolute_entrypoint(spec.entrypoint)
+        served.append(deployment)
+    return served
 
 
 async def start_serving(settings: Settings) -> tuple[Runner, list[RunnerDeployment]]:
@@ -41,3 +91,49 @@ async def start_serving(settings: Settings) -> tuple[Runner, list[RunnerDeployme
     for deployment in deployments:
         await runner.aadd_deployment(deployment)
     return runner, deployments
+
+
+PREFECT_YAML_HEADER = f"""\
+# Written by `python -m taxiops.pipeline.deployments > prefect.yaml` from the settings
+# (TAXIOPS_SERVE_LIMIT, TAXIOPS_SCHEDULE_CRON, TAXIOPS_SCHEDULE_TIMEZONE); the tests check
+# that this file equals the one the default settings give. Edit the settings, not this file.
+#
+# Deployments for `prefect deploy --all` against any Prefect server with a
+# `process` work pool named {names.WORK_POOL} (see README, "Scale out"):
+#
+#   prefect work-pool create {names.WORK_POOL} --type process
+#   prefect deploy --all
+#   prefect worker start --pool {names.WORK_POOL}
+#
+# `taxiops up` serves the same two deployments itself, under the same names
+# (src/taxiops/names.py), without a work pool. Workers read TAXIOPS_* settings
+# from their own environment or .env, like every other taxiops process.
+#
+# No pull section: `prefect deploy` records this checkout as the working
+# directory, which is what a process worker on the same machine needs.
+"""
+
+
+def prefect_yaml(settings: Settings) -> str:
+    """`prefect.yaml` declaring `deployment_specs(settings)` on the taxiops work pool."""
+    deployments: list[dict[str, Any]] = []
+    for spec in deployment_specs(settings):
+        entry: dict[str, Any] = {
+            "name": spec.name,
+            "description": spec.description,
+            "entrypoint": spec.entrypoint,
+            "tags": list(spec.tags),
+            "concurrency_limit": spec.concurrency_limit,
+        }
+        if spec.cron is not None:
+            entry["schedules"] = [{"cron": spec.cron, "timezone": spec.timezone, "active": True}]
+        entry["work_pool"] = {"name": names.WORK_POOL}
+        deployments.append(entry)
+    body = {"name": "taxiops", "deployments": deployments}
+    return PREFECT_YAML_HEADER + "\n" + str(yaml.safe_dump(body, sort_keys=False, width=100))
+
+
+if __name__ == "__main__":
+    from taxiops.settings import load_settings
+
+    print(prefect_yaml(load_settings()), end="")
