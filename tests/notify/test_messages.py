@@ -107,7 +107,11 @@ def test_succeeded_not_promoted_and_first_champion() -> None:
             month="2024-01",
         )
     )
-    first = trained_notice(facts=ModelTrained(model_version="v1", promoted=True, rmse=6.0))
+    first = trained_notice(
+        facts=ModelTrained(
+            model_version="v1", promoted=True, rmse=6.0, promotion_reason="first green model"
+        )
+    )
 
     assert kept.facts.to_payload()["promoted"] is False
     assert render_slack(kept).blocks[0]["text"]["text"] == (
@@ -117,7 +121,9 @@ def test_succeeded_not_promoted_and_first_champion() -> None:
         "*Not promoted*: `v12` stays; `v13` did not beat it."
     )
     assert _fields(kept)["RMSE challenger vs champion"] == "6.000 vs 5.500 (+0.500)"
-    assert "is the first champion." in render_slack(first).blocks[1]["text"]["text"]
+    assert render_slack(first).blocks[1]["text"]["text"] == (
+        "*Promoted*: `v1` is the first champion."
+    )
     assert _fields(first)["RMSE challenger vs champion"] == "6.000 (no champion yet)"
 
 

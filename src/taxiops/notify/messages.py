@@ -492,9 +492,9 @@ def _trained_layout(facts: ModelTrained, fmt: _Format) -> _Layout:
     subject = _join(facts.taxi_type, facts.month)
     version = fmt.code(facts.model_version) if facts.model_version else "The challenger"
     champion = fmt.code(facts.champion_version) if facts.champion_version else "the champion"
+    first = facts.champion_version is None and facts.champion_rmse is None
     if facts.promoted:
         title = f"{_PROMOTED_EMOJI} New champion"
-        first = facts.champion_version is None and facts.champion_rmse is None
         summary = f"{fmt.bold('Promoted')}: {version} is the " + (
             "first champion." if first else f"new champion, replacing {champion}."
         )
@@ -504,7 +504,8 @@ def _trained_layout(facts: ModelTrained, fmt: _Format) -> _Layout:
     else:
         title = f"{_EMOJI[NoticeKind.SUCCEEDED]} Model trained"
         summary = ""
-    if facts.promotion_reason:
+    # A first champion's reason ("first green model") only repeats the summary.
+    if facts.promotion_reason and not (facts.promoted and first):
         summary = f"{summary} {fmt.text(facts.promotion_reason)}".strip()
     split = (
         f"{_count(facts.train_rows) or 'n/a'} / {_count(facts.val_rows) or 'n/a'}"
