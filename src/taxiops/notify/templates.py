@@ -68,7 +68,7 @@ SUBJECT_TEMPLATE = "taxiops: {{ flow_run.name or event.event or 'notification' }
 """Subject; used as the title only when a body is not a notice."""
 
 
-def stale_data_body_template(window_days: float) -> str:
+def no_new_data_body_template(window_days: float) -> str:
     """Body for the proactive "no new data" trigger: it has no event, only the taxi-type label."""
     return (
         "{\n"
