@@ -2,13 +2,14 @@
 
 A `Notice` is one thing people should hear about. Automations build it from the
 JSON their body template renders (`Notice.from_json`); the custom events carry
-their facts in the event payload, so the payload keys of
+their facts in the event payload, built from the models of `taxiops.payloads`, so
 
-    taxiops.model.trained   are the fields of `ModelTrained`
-    taxiops.data.rejected   are the fields of `DataRejected`
-    taxiops.month.missing   are the fields of `MonthMissing`
+    taxiops.model.trained   `ModelTrained` here reads `payloads.ModelTrained`
+    taxiops.data.rejected   `DataRejected` here reads `payloads.DataRejected`
+    taxiops.month.missing   `MonthMissing` here reads `payloads.MonthMissing`
 
-Build payloads with those classes (`ModelTrained(...).to_payload()`), never by hand.
+with the same field names (tests hold them equal); these facts are lenient, every field
+optional, so a notice with a gap still reaches people.
 Rendering is pure: `render_slack(notice)` and `render_plain(notice)`.
 """
 
