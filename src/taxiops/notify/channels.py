@@ -34,7 +34,7 @@ from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
 from taxiops.errors import TaxiopsError
 from taxiops.notify._redact import private_logger, redact, redacted_logger
-from taxiops.notify.messages import NotifyLevel, SlackMessage
+from taxiops.notify.render import NotifyLevel, SlackMessage
 
 _LOGGER_NAME = "taxiops.notify"
 SLACK_WEBHOOK = "slack-webhook"

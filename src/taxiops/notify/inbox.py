@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, Literal, TextIO, cast
 from urllib.parse import parse_qs
 
-from taxiops.notify.messages import (
+from taxiops.notify.render import (
     BLOCKS_MAX,
     BUTTON_TEXT_MAX,
     BUTTON_URL_MAX,
