@@ -10,6 +10,17 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
 from taxiops.notify.messages import (
     DataRejected,
     ModelTrained,
@@ -21,14 +32,9 @@ from taxiops.notify.messages import (
 
 NotifyLevel = Literal["info", "success", "warning", "failure"]
 
-# Block Kit limits (https://api.slack.com/reference/block-kit/blocks); the inbox checks them too.
-HEADER_MAX = 150
-SECTION_TEXT_MAX = 3000
-SECTION_FIELDS_MAX = 10
+# Block Kit limits slack_sdk's block classes do not hold (they validate the others, which
+# the code below reads from them); the inbox checks these two as well.
 FIELD_TEXT_MAX = 2000
-CONTEXT_ELEMENTS_MAX = 10
-BUTTON_TEXT_MAX = 75
-BUTTON_URL_MAX = 3000
 BLOCKS_MAX = 50
 _FALLBACK_TEXT_MAX = 3000
 
@@ -120,45 +126,49 @@ def render_slack(notice: Notice) -> SlackMessage:
     """The Block Kit message for `notice`, within Slack's limits."""
     layout = _layout(notice, _MRKDWN)
     plain = _layout(notice, _PLAIN)
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": _plain_text(_clip(layout.title, HEADER_MAX))}
+    blocks: list[Block] = [
+        HeaderBlock(
+            text=PlainTextObject(text=_clip(layout.title, HeaderBlock.text_max_length), emoji=True)
+        )
     ]
     if layout.summary:
         blocks.append(_section(layout.summary))
     if layout.fields:
+        fields = layout.fields[: SectionBlock.fields_max_length]
         blocks.append(
-            {
-                "type": "section",
-                "fields": [
-                    _mrkdwn(_clip(f"*{name}*\n{value}", FIELD_TEXT_MAX))
-                    for name, value in layout.fields[:SECTION_FIELDS_MAX]
-                ],
-            }
+            SectionBlock(
+                fields=[
+                    MarkdownTextObject(text=_clip(f"*{name}*\n{value}", FIELD_TEXT_MAX))
+                    for name, value in fields
+                ]
+            )
         )
     if layout.note:
         blocks.append(_section(layout.note))
     if layout.details:
-        body = _clip(escape_mrkdwn(layout.details).replace("```", "'''"), SECTION_TEXT_MAX - 6)
-        blocks.append(_section(f"```{body}```"))
+        details = escape_mrkdwn(layout.details).replace("```", "'''")
+        blocks.append(_section(f"```{_clip(details, SectionBlock.text_max_length - 6)}```"))
     if layout.context:
-        parts = [_clip(part, SECTION_TEXT_MAX) for part in layout.context[:CONTEXT_ELEMENTS_MAX]]
-        blocks.append({"type": "context", "elements": [_mrkdwn(part) for part in parts]})
-    url = notice.flow_run_url
-    if url and len(url) <= BUTTON_URL_MAX:
+        parts = layout.context[: ContextBlock.elements_max_length]
         blocks.append(
-            {
-                "type": "actions",
-                "elements": [
-                    {
-                        "type": "button",
-                        "text": _plain_text(BUTTON_TEXT),
-                        "url": url,
-                        "action_id": BUTTON_ACTION_ID,
-                    }
-                ],
-            }
+            ContextBlock(
+                elements=[
+                    MarkdownTextObject(text=_clip(part, SectionBlock.text_max_length))
+                    for part in parts
+                ]
+            )
         )
-    return SlackMessage(text=_fallback_text(plain, url), blocks=tuple(blocks[:BLOCKS_MAX]))
+    url = notice.flow_run_url
+    if url and len(url) <= ButtonElement.url_max_length:
+        button = ButtonElement(
+            text=PlainTextObject(text=BUTTON_TEXT, emoji=True), url=url, action_id=BUTTON_ACTION_ID
+        )
+        blocks.append(ActionsBlock(elements=[button]))
+    # to_dict() runs slack_sdk's validators, so a limit broken here raises before sending.
+    return SlackMessage(
+        text=_fallback_text(plain, url),
+        blocks=tuple(block.to_dict() for block in blocks[:BLOCKS_MAX]),
+    )
 
 
 def render_plain(notice: Notice) -> PlainMessage:
@@ -410,16 +420,8 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def _plain_text(text: str) -> dict[str, Any]:
-    return {"type": "plain_text", "text": text, "emoji": True}
-
-
-def _mrkdwn(text: str) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": text}
-
-
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": _mrkdwn(_clip(text, SECTION_TEXT_MAX))}
+def _section(text: str) -> SectionBlock:
+    return SectionBlock(text=MarkdownTextObject(text=_clip(text, SectionBlock.text_max_length)))
 
 
 def _fallback_text(plain: _Layout, url: str | None) -> str:
