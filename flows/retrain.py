@@ -14,6 +14,7 @@ from prefect.states import Failed
 
 from taxiops import names
 from taxiops.errors import MissingMonthError, TaxiopsError
+from taxiops.payloads import MonthMissing
 from taxiops.pipeline.entrypoints import TRAIN_ENTRYPOINT, load_flow
 from taxiops.pipeline.report import TrainingSummary
 from taxiops.pipeline.schedule import RetrainPlan, plan_retrain
@@ -50,7 +51,9 @@ def monthly_retrain(
     for plan in plans:
         if plan.missing:
             missing.append(plan)
-            _announce_missing(plan, settings.incoming_dir)
+            _announce_missing(
+                plan, settings.incoming_dir, run_day, ZoneInfo(settings.schedule_timezone)
+            )
             continue
         assert plan.newest is not None
         logger.info("retraining %s on %s", plan.taxi_type, plan.newest.name)
@@ -95,17 +98,30 @@ class RetrainFailedError(TaxiopsError):
         super().__init__("retraining failed for " + "; ".join(failures))
 
 
-def _announce_missing(plan: RetrainPlan, folder: Any) -> None:
+def _days_since_arrival(plan: RetrainPlan, run_day: date, zone: ZoneInfo) -> int | None:
+    """Days from the newest file's arrival (its modification time, as a day in `zone`, the
+    schedule's) to `run_day`; None when there is no such file."""
+    if plan.newest is None:
+        return None
+    try:
+        arrived = datetime.fromtimestamp(plan.newest.path.stat().st_mtime, zone).date()
+    except OSError:
+        return None
+    return max(0, (run_day - arrived).days)
+
+
+def _announce_missing(plan: RetrainPlan, folder: Any, run_day: date, zone: ZoneInfo) -> None:
     emit_event(
         event=names.MONTH_MISSING,
         resource={
             "prefect.resource.id": names.taxi_type_resource_id(plan.taxi_type),
             "prefect.resource.name": plan.taxi_type,
         },
-        payload={
-            "taxi_type": plan.taxi_type,
-            "expected_month": str(plan.expected),
-            "newest_month": None if plan.newest is None else str(plan.newest.month),
-            "folder": str(folder),
-        },
+        payload=MonthMissing(
+            taxi_type=plan.taxi_type,
+            expected_month=str(plan.expected),
+            newest_month=None if plan.newest is None else str(plan.newest.month),
+            days_since=_days_since_arrival(plan, run_day, zone),
+            folder=str(folder),
+        ).model_dump(mode="json"),
     )

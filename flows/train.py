@@ -31,6 +31,7 @@ from prefect.states import Failed
 from taxiops import ml, names
 from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
 from taxiops.intake.quarantine import QuarantinedFile, quarantine
+from taxiops.payloads import DataRejected, ModelTrained
 from taxiops.pipeline import tasks
 from taxiops.pipeline.lineage import FingerprintedFile, MonthBytes, MonthData
 from taxiops.pipeline.report import MonthRows, TrainingSummary, registry_table, render_markdown
@@ -299,7 +300,9 @@ def _publish(settings: Settings, summary: TrainingSummary, chart_uri: str) -> No
     emit_event(
         event=names.MODEL_TRAINED,
         resource=names.month_resource(summary.taxi_type, summary.month, summary.file),
-        payload=summary.model_dump(mode="json", exclude={"months"}),
+        payload=ModelTrained.model_validate(summary.model_dump(exclude={"months"})).model_dump(
+            mode="json"
+        ),
     )
 
 
@@ -392,12 +395,12 @@ def _announce_rejection(exc: DataValidationError, moved: QuarantinedFile | None)
     emit_event(
         event=names.DATA_REJECTED,
         resource=names.file_resource(exc.path.name),
-        payload=names.data_rejected_payload(
+        payload=DataRejected.for_file(
             str(exc.path),
             exc.rule.value,
             exc.detail,
             exc.hint,
             None if moved is None else str(moved.path),
-        ),
+        ).model_dump(mode="json"),
         id=None if run_id is None else uuid5(_REJECTION_NAMESPACE, f"{run_id}:{exc.path}"),
     )

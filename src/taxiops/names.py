@@ -38,29 +38,6 @@ def file_resource(name: str) -> dict[str, str]:
     return {"prefect.resource.id": f"taxiops.file.{name}", "prefect.resource.name": name}
 
 
-def data_rejected_payload(
-    path: str,
-    rule: str,
-    detail: str,
-    hint: str | None,
-    quarantined_to: str | None,
-) -> dict[str, str | None]:
-    """The payload of `taxiops.data.rejected`, whether the watcher or a flow run refused the
-    file; the taxi type and month are filled in when the name says them."""
-    from taxiops.tripfile import FILE_NAME_PATTERN
-
-    named = FILE_NAME_PATTERN.match(path.rsplit("/", 1)[-1])
-    return {
-        "path": path,
-        "rule": rule,
-        "detail": detail,
-        "hint": hint,
-        "quarantined_to": quarantined_to,
-        "taxi_type": named["type"] if named else None,
-        "month": f"{named['year']}-{named['month']}" if named else None,
-    }
-
-
 def taxi_type_resource_id(taxi_type: str) -> str:
     """Resource id of a taxi type's data stream, e.g. `taxiops.taxi.green`."""
     return f"taxiops.taxi.{taxi_type}"

@@ -21,6 +21,7 @@ from taxiops import names
 from taxiops.errors import DataValidationError, ValidationRule
 from taxiops.intake.quarantine import quarantined_entries, read_reason
 from taxiops.ml import synth_month, write_synth_month
+from taxiops.payloads import DataRejected
 from taxiops.settings import Settings
 from taxiops.tripfile import Month, sha256_of
 
@@ -156,9 +157,9 @@ def test_a_bad_month_is_rejected_quarantined_and_announced_once(
         assert quarantined_entries(settings.quarantine_dir) == []
     assert any(BAD in line and rule.value in line for line in log_messages_of(run_id))
     payload = the_one_rejection_event(since, run_id).payload
-    assert payload == names.data_rejected_payload(
+    assert payload == DataRejected.for_file(
         str(bad), rule.value, error.detail, rule.hint, str(quarantined) if rule.keeps_file else None
-    )
+    ).model_dump(mode="json")
 
     write_synth_month(settings.incoming_dir, "green", Month(2023, 3), rows=ROWS, seed=3)
     summary = train_duration_model(new_file=str(bad))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
+import os
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flows.retrain import RetrainFailedError, monthly_retrain
 from prefect.states import State
@@ -69,3 +72,22 @@ def test_a_rejected_month_of_one_type_does_not_stop_the_others(
     assert read_reason(settings.quarantine_dir / "yellow_tripdata_2023-02.parquet")["rule"] == (
         "unreadable-parquet"
     )
+
+
+def test_days_since_counts_from_the_newest_files_arrival(tmp_path: Path) -> None:
+    from flows.retrain import _days_since_arrival
+
+    from taxiops.pipeline.schedule import RetrainPlan
+    from taxiops.tripfile import parse_trip_file
+
+    path = tmp_path / "green_tripdata_2023-01.parquet"
+    path.write_bytes(b"")
+    zone = ZoneInfo("UTC")
+    arrived = datetime(2023, 2, 20, 12, tzinfo=zone).timestamp()
+    os.utime(path, (arrived, arrived))
+    newest = parse_trip_file(path)
+
+    plan = RetrainPlan(taxi_type="green", expected=Month(2023, 2), newest=newest)
+    assert _days_since_arrival(plan, date(2023, 4, 2), zone) == 41
+    none = RetrainPlan(taxi_type="green", expected=Month(2023, 2), newest=None)
+    assert _days_since_arrival(none, date(2023, 4, 2), zone) is None

@@ -32,7 +32,13 @@ from taxiops import names
 from taxiops.app.server import LocalPrefectServer
 from taxiops.ml import write_synth_month
 from taxiops.notify import InboxMessage, SlackInbox
-from taxiops.notify.automations import AUTOMATIONS_DIR, load_automations, set_up_alerting
+from taxiops.notify.automations import (
+    AUTOMATIONS_DIR,
+    AutomationSpecError,
+    automation_name,
+    load_automations,
+    set_up_alerting,
+)
 from taxiops.notify.dispatch import dispatching
 from taxiops.pipeline.tasks import taxiops_task
 from taxiops.settings import Settings
@@ -135,7 +141,7 @@ def test_applying_twice_leaves_one_copy_and_a_changed_file_updates(
     report = asyncio.run(apply_edited())
     assert report.updated == ["taxiops / model trained"] and report.created == []
 
-    (edited / "data-stale.yaml").unlink()  # a file removed: its automation goes too
+    (edited / "no-new-data.yaml").unlink()  # a file removed: its automation goes too
     pruned = asyncio.run(apply_edited())
     assert pruned.removed == ["taxiops / no new data"]
 
@@ -160,8 +166,23 @@ def test_every_file_loads_as_an_automation(settings: Settings) -> None:
         "taxiops / data rejected",
         "taxiops / month missing",
         "taxiops / no new data",
+        "taxiops / silent run",
     }
     assert all(len(a.actions) == 1 for a in loaded)
+
+
+def test_file_automation_and_readme_use_one_name(settings: Settings, tmp_path: Path) -> None:
+    import uuid
+
+    files = sorted(AUTOMATIONS_DIR.glob("*.yaml"))
+    loaded = load_automations(settings, uuid.uuid4())
+    assert [a.name for a in loaded] == [automation_name(path) for path in files]
+    readme = (AUTOMATIONS_DIR.parent / "README.md").read_text()
+    assert [p.name for p in files if f"| `{p.name}` |" not in readme] == []
+
+    shutil.copy(AUTOMATIONS_DIR / "no-new-data.yaml", tmp_path / "data-stale.yaml")
+    with pytest.raises(AutomationSpecError, match="name must be 'taxiops / data stale'"):
+        load_automations(settings, uuid.uuid4(), folder=tmp_path)
 
 
 def test_a_good_month_sends_one_success_message_with_metrics_and_link(

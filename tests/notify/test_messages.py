@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from taxiops import names
+from taxiops import names, payloads
 from taxiops.notify import (
     InvalidNoticeError,
     ModelTrained,
@@ -107,7 +107,11 @@ def test_succeeded_not_promoted_and_first_champion() -> None:
             month="2024-01",
         )
     )
-    first = trained_notice(facts=ModelTrained(model_version="v1", promoted=True, rmse=6.0))
+    first = trained_notice(
+        facts=ModelTrained(
+            model_version="v1", promoted=True, rmse=6.0, promotion_reason="first green model"
+        )
+    )
 
     assert kept.facts.to_payload()["promoted"] is False
     assert render_slack(kept).blocks[0]["text"]["text"] == (
@@ -117,7 +121,9 @@ def test_succeeded_not_promoted_and_first_champion() -> None:
         "*Not promoted*: `v12` stays; `v13` did not beat it."
     )
     assert _fields(kept)["RMSE challenger vs champion"] == "6.000 vs 5.500 (+0.500)"
-    assert "is the first champion." in render_slack(first).blocks[1]["text"]["text"]
+    assert render_slack(first).blocks[1]["text"]["text"] == (
+        "*Promoted*: `v1` is the first champion."
+    )
     assert _fields(first)["RMSE challenger vs champion"] == "6.000 (no champion yet)"
 
 
@@ -302,13 +308,15 @@ def test_to_payload_is_json_without_gaps() -> None:
     json.dumps(payload, allow_nan=False)
 
 
-def test_payload_keys_are_the_single_source() -> None:
+def test_notices_read_the_fields_the_payload_models_send() -> None:
     from taxiops.pipeline.report import TrainingSummary
 
-    shared = set(MODEL_TRAINED_KEYS) - {"path", "rows_kept"}
-    assert shared <= set(TrainingSummary.model_fields), "ModelTrained drifted from TrainingSummary"
-    assert DATA_REJECTED_KEYS[:4] == ("path", "rule", "detail", "quarantined_to")
-    assert MONTH_MISSING_KEYS[:3] == ("taxi_type", "expected_month", "newest_month")
+    assert set(DATA_REJECTED_KEYS) == set(payloads.DataRejected.model_fields)
+    assert set(MONTH_MISSING_KEYS) == set(payloads.MonthMissing.model_fields)
+    # `path` and `rows_kept` are optional extras no emitter sends today.
+    read = set(MODEL_TRAINED_KEYS) - {"path", "rows_kept"}
+    assert read == set(payloads.ModelTrained.model_fields)
+    assert read <= set(TrainingSummary.model_fields), "the trained payload drifted from its summary"
 
 
 def test_plain_body_becomes_text_only_slack_message() -> None:
@@ -324,13 +332,13 @@ def test_notice_json_round_trips() -> None:
 
 
 def test_the_rejection_payload_flows_and_watcher_send_renders_every_fact() -> None:
-    payload = names.data_rejected_payload(
+    payload = payloads.DataRejected.for_file(
         "/srv/data/incoming/green_tripdata_2023-03.parquet",
         "outside-month",
         "100% of 2,000 pickups fall outside 2023-03 (they span 2023-02-01 .. 2023-02-28)",
         "check the file holds the month its name says",
         "/srv/data/quarantine/green_tripdata_2023-03.parquet",
-    )
+    ).model_dump(mode="json")
     assert set(payload) == set(DATA_REJECTED_KEYS)
     notice = Notice.model_validate(
         {"kind": NoticeKind.REJECTED, "facts": payload, "flow_run_id": FLOW_RUN_ID}

@@ -18,7 +18,7 @@ from prefect.server.utilities.user_templates import (
     render_user_template,
 )
 
-from taxiops import names
+from taxiops import names, payloads
 from taxiops.notify import (
     FAILURE_BODY_TEMPLATE,
     MISSING_MONTH_BODY_TEMPLATE,
@@ -34,6 +34,7 @@ from taxiops.notify import (
     block_kit_problems,
     render_slack,
 )
+from taxiops.notify.templates import no_new_data_body_template
 from taxiops.settings import Settings
 
 FLOW_ID, RUN_ID, DEPLOYMENT_ID = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -206,18 +207,22 @@ async def test_failure_template_without_an_event() -> None:
 
 
 async def test_trained_template_reads_the_training_summary_payload() -> None:
-    payload = ModelTrained(
+    payload = payloads.ModelTrained(
         taxi_type="green",
         month="2023-03",
         file="green_tripdata_2023-03.parquet",
+        train_rows=43_000,
+        val_rows=11_000,
         model_version="v12",
         promoted=True,
         promotion_reason=HOSTILE,
         rmse=5.42,
         mae=3.9,
+        champion_version="v11",
         champion_rmse=5.61,
+        champion_mae=4.0,
         seconds=12.5,
-    ).to_payload()
+    ).model_dump(mode="json")
     notice = await _render(
         TRAINED_BODY_TEMPLATE, _context(_custom_event(names.MODEL_TRAINED, payload))
     )
@@ -230,12 +235,13 @@ async def test_trained_template_reads_the_training_summary_payload() -> None:
 
 
 async def test_rejected_template_outside_a_flow_run() -> None:
-    payload = DataRejected(
-        path="data/incoming/green_tripdata_2023-13.parquet",
-        rule="file-name",
-        detail=HOSTILE,
-        quarantined_to="data/quarantine/green_tripdata_2023-13.parquet",
-    ).to_payload()
+    payload = payloads.DataRejected.for_file(
+        "data/incoming/green_tripdata_2023-13.parquet",
+        "file-name",
+        HOSTILE,
+        None,
+        "data/quarantine/green_tripdata_2023-13.parquet",
+    ).model_dump(mode="json")
     event = _custom_event(names.DATA_REJECTED, payload).model_copy(update={"related": []})
 
     notice = await _render(REJECTED_BODY_TEMPLATE, _context(event, with_objects=False))
@@ -247,9 +253,13 @@ async def test_rejected_template_outside_a_flow_run() -> None:
 
 
 async def test_missing_month_template() -> None:
-    payload = MonthMissing(
-        taxi_type="yellow", expected_month="2024-02", newest_month="2024-01", folder="data/incoming"
-    ).to_payload()
+    payload = payloads.MonthMissing(
+        taxi_type="yellow",
+        expected_month="2024-02",
+        newest_month="2024-01",
+        days_since=41,
+        folder="data/incoming",
+    ).model_dump(mode="json")
 
     notice = await _render(
         MISSING_MONTH_BODY_TEMPLATE, _context(_custom_event(names.MONTH_MISSING, payload))
@@ -257,7 +267,18 @@ async def test_missing_month_template() -> None:
 
     assert notice.kind is NoticeKind.MISSING_MONTH
     assert isinstance(notice.facts, MonthMissing)
-    assert (notice.facts.expected_month, notice.facts.newest_month) == ("2024-02", "2024-01")
+    assert notice.facts.to_payload() == payload
+    assert "Newest month here: 2024-01, 41 days ago." in render_slack(notice).text
+
+
+async def test_the_no_new_data_template_sends_month_missing_fields(settings: Settings) -> None:
+    template = no_new_data_body_template(35)
+    text = await render_user_template(
+        template, {"event": None, "labels": {names.TAXI_TYPE_LABEL: "green"}}
+    )
+    sent = json.loads(text)["payload"]
+    assert sent == {"taxi_type": "green", "days_since": 35}
+    assert set(sent) <= set(payloads.MonthMissing.model_fields)
 
 
 @pytest.mark.parametrize("template", [TRAINED_BODY_TEMPLATE, REJECTED_BODY_TEMPLATE])

@@ -27,6 +27,7 @@ from taxiops.registry._store import (
     ModelCard,
     ModelRegistry,
     ModelVersion,
+    rmse_comparison,
     should_promote,
 )
 from taxiops.tripfile import Month, parse_trip_file
@@ -307,3 +308,16 @@ def test_a_full_disk_while_promoting_leaves_production_intact(
     assert not leftovers(tmp_path)
     production = registry.production("green")
     assert production is not None and production.name == "v0001"
+
+
+@pytest.mark.parametrize(
+    ("rmse", "reason"),
+    [
+        (4.155, "RMSE 4.155 is better than v0001's 4.188 by 0.033"),
+        (4.250, "RMSE 4.250 is worse than v0001's 4.188 by 0.062"),
+        (4.188, "RMSE 4.188 equals v0001's 4.188"),
+        (4.1882, "RMSE 4.188 is worse than v0001's 4.188 by less than 0.001"),
+    ],
+)
+def test_the_reason_says_better_worse_or_equal_and_by_how_much(rmse: float, reason: str) -> None:
+    assert rmse_comparison(rmse, "v0001", 4.188) == reason

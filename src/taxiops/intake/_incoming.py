@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from taxiops.payloads import DataArrived
 from taxiops.tripfile import Month, TaxiType, parse_trip_file, sha256_of
 
 PARQUET_MAGIC = b"PAR1"
@@ -40,15 +41,16 @@ class IncomingFile:
     sha256: str
     size: int
 
-    def event_payload(self) -> dict[str, str | int]:
-        """The payload of the `taxiops.data.arrived` event."""
-        return {
-            "path": str(self.path),
-            "taxi_type": self.taxi_type,
-            "month": str(self.month),
-            "sha256": self.sha256,
-            "size": self.size,
-        }
+    def event_payload(self, flow_run_id: str | None = None) -> dict[str, Any]:
+        """The payload of the `taxiops.data.arrived` event (`taxiops.payloads.DataArrived`)."""
+        return DataArrived(
+            path=str(self.path),
+            taxi_type=self.taxi_type,
+            month=str(self.month),
+            sha256=self.sha256,
+            size=self.size,
+            flow_run_id=flow_run_id,
+        ).model_dump(mode="json")
 
 
 def has_parquet_footer(path: Path) -> bool:

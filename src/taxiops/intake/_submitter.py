@@ -21,6 +21,7 @@ from taxiops.errors import TaxiopsError, ValidationRule
 from taxiops.intake._incoming import IncomingFile
 from taxiops.intake._ledger import run_key
 from taxiops.intake._outbox import Rejection
+from taxiops.payloads import DataRejected
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -256,7 +257,7 @@ class PrefectSubmitter:
                                 "prefect.resource.role": "taxi-type",
                             },
                         ],
-                        "payload": {**incoming.event_payload(), "flow_run_id": str(run.id)},
+                        "payload": incoming.event_payload(flow_run_id=str(run.id)),
                     }
                 )
                 client.request("POST", "/events", json=[event.model_dump(mode="json")])
@@ -278,13 +279,13 @@ class PrefectSubmitter:
                 "id": rejection.id,
                 "event": names.DATA_REJECTED,
                 "resource": names.file_resource(rejection.path.name),
-                "payload": names.data_rejected_payload(
+                "payload": DataRejected.for_file(
                     str(rejection.path),
                     rule.value,
                     rejection.detail,
                     rule.hint,
                     None if rejection.quarantined_path is None else str(rejection.quarantined_path),
-                ),
+                ).model_dump(mode="json"),
             }
         )
         with self._answered_about(rejection.path), self._client() as client:

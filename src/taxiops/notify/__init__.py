@@ -1,7 +1,8 @@
 """Telling people: message rendering, Slack and apprise channels, the Prefect notifier
 block, the automations' body templates, and a local Slack inbox for demos and tests.
 
-    messages   Notice (what happened) -> Block Kit / plain text; event payload models
+    messages   Notice (what happened): kinds, facts, reading it from a template's JSON
+    render     Notice -> Block Kit for Slack, title + body for apprise
     channels   send_slack_webhook, send_slack_message, send_apprise
     blocks     TaxiopsNotifier, the block the automations' send-notification uses
     templates  Jinja bodies rendering a Notice as JSON inside the Prefect server
@@ -30,8 +31,10 @@ from taxiops.notify.messages import (
     MonthMissing,
     Notice,
     NoticeKind,
-    PlainMessage,
     RunFailure,
+)
+from taxiops.notify.render import (
+    PlainMessage,
     SlackMessage,
     render_plain,
     render_plain_slack,

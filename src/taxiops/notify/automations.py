@@ -6,8 +6,9 @@ Prefect `actions`) plus one taxiops key, `notify: <notice kind>`, which adds a
 of that kind (`taxiops.notify.templates`). `${name}` placeholders are filled
 from settings.
 
-Applying is keyed on the automation's name: a missing one is created, a
-changed one updated, an unchanged one left alone, and extra copies deleted.
+Applying is keyed on the automation's name, which the file's name gives
+(`automation_name`): a missing one is created, a changed one updated, an unchanged
+one left alone, and extra copies, and taxiops automations no file declares, deleted.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def body_templates(settings: Settings) -> dict[str, str]:
         "failed": templates.FAILURE_BODY_TEMPLATE,
         "rejected": templates.REJECTED_BODY_TEMPLATE,
         "missing_month": templates.MISSING_MONTH_BODY_TEMPLATE,
-        "stale_data": templates.stale_data_body_template(settings.missing_data_days),
+        "no_new_data": templates.no_new_data_body_template(settings.missing_data_days),
     }
 
 
@@ -90,14 +91,23 @@ def load_automations(
             automation = AutomationCore.model_validate(spec)
         except ValueError as exc:
             raise AutomationSpecError(path, str(exc)) from exc
-        if not automation.name.startswith(MANAGED_PREFIX):
-            raise AutomationSpecError(path, f"name must start with {MANAGED_PREFIX!r}")
+        if automation.name != automation_name(path):
+            raise AutomationSpecError(
+                path,
+                f"name must be {automation_name(path)!r} (the file's name), not {automation.name!r}",
+            )
         found.append(automation)
     return found
 
 
 MANAGED_PREFIX = "taxiops / "
 """Automations whose name starts with this are taxiops's: applying removes those no file declares."""
+
+
+def automation_name(path: Path) -> str:
+    """The name the automation in `path` must have, so file, UI and README agree:
+    `no-new-data.yaml` declares `taxiops / no new data`."""
+    return MANAGED_PREFIX + path.stem.replace("-", " ")
 
 
 @dataclass

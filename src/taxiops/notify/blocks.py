@@ -40,9 +40,8 @@ from taxiops.notify.channels import (
     send_slack_message,
     send_slack_webhook,
 )
-from taxiops.notify.messages import (
-    InvalidNoticeError,
-    Notice,
+from taxiops.notify.messages import InvalidNoticeError, Notice
+from taxiops.notify.render import (
     PlainMessage,
     SlackMessage,
     render_plain,

@@ -34,7 +34,7 @@ from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
 from taxiops.errors import TaxiopsError
 from taxiops.notify._redact import private_logger, redact, redacted_logger
-from taxiops.notify.messages import NotifyLevel, SlackMessage
+from taxiops.notify.render import NotifyLevel, SlackMessage
 
 _LOGGER_NAME = "taxiops.notify"
 SLACK_WEBHOOK = "slack-webhook"
@@ -254,20 +254,19 @@ def _retry_handlers(policy: RetryPolicy, tally: _RetryTally) -> list[RetryHandle
     ]
 
 
-def _sleep_and_count(
-    handler: RetryHandler, tally: _RetryTally, state: RetryState, reason: str
-) -> None:
-    delay = handler.interval_calculator.calculate_sleep_duration(state.current_attempt)
-    tally.note(reason, delay, handler.max_retry_count)
-    state.next_attempt_requested = True
-    time.sleep(delay)
-    state.increment_current_attempt()
+class _CountedRetry(RetryHandler):
+    """The base of taxiops's retry handlers: each retry waits `_delay`, then is counted and
+    logged with `_reason`. Put it before the slack-sdk handler whose `_can_retry` it keeps."""
 
-
-class _ConnectionErrorRetry(ConnectionErrorRetryHandler):
     def __init__(self, tally: _RetryTally, **options: Any) -> None:
         super().__init__(**options)
         self._tally = tally
+
+    def _reason(self, response: HttpResponse | None, error: Exception | None) -> str:
+        raise NotImplementedError
+
+    def _delay(self, state: RetryState, response: HttpResponse | None) -> float:
+        return self.interval_calculator.calculate_sleep_duration(state.current_attempt)
 
     def prepare_for_next_attempt(
         self,
@@ -277,16 +276,20 @@ class _ConnectionErrorRetry(ConnectionErrorRetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> None:
-        reason = f"connection failed ({type(error).__name__})"
-        _sleep_and_count(self, self._tally, state, reason)
+        delay = self._delay(state, response)
+        self._tally.note(self._reason(response, error), delay, self.max_retry_count)
+        state.next_attempt_requested = True
+        time.sleep(delay)
+        state.increment_current_attempt()
 
 
-class _ServerErrorRetry(ServerErrorRetryHandler):
+class _ConnectionErrorRetry(_CountedRetry, ConnectionErrorRetryHandler):
+    def _reason(self, response: HttpResponse | None, error: Exception | None) -> str:
+        return f"connection failed ({type(error).__name__})"
+
+
+class _ServerErrorRetry(_CountedRetry, ServerErrorRetryHandler):
     """Every 5xx, not only 500 and 503 as slack-sdk's handler."""
-
-    def __init__(self, tally: _RetryTally, **options: Any) -> None:
-        super().__init__(**options)
-        self._tally = tally
 
     def _can_retry(
         self,
@@ -298,24 +301,15 @@ class _ServerErrorRetry(ServerErrorRetryHandler):
     ) -> bool:
         return response is not None and 500 <= response.status_code < 600
 
-    def prepare_for_next_attempt(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> None:
-        status = response.status_code if response is not None else "?"
-        _sleep_and_count(self, self._tally, state, f"Slack answered HTTP {status}")
+    def _reason(self, response: HttpResponse | None, error: Exception | None) -> str:
+        return f"Slack answered HTTP {response.status_code if response is not None else '?'}"
 
 
-class _RateLimitRetry(RateLimitErrorRetryHandler):
+class _RateLimitRetry(_CountedRetry, RateLimitErrorRetryHandler):
     """Waits what `Retry-After` says (seconds or an HTTP date), if that is not too long."""
 
     def __init__(self, tally: _RetryTally, policy: RetryPolicy, **options: Any) -> None:
-        super().__init__(**options)
-        self._tally = tally
+        super().__init__(tally, **options)
         self._cap = policy.max_retry_after_seconds
 
     def _can_retry(
@@ -330,20 +324,15 @@ class _RateLimitRetry(RateLimitErrorRetryHandler):
             return False
         return retry_after_seconds(response.headers) <= self._cap
 
-    def prepare_for_next_attempt(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> None:
-        wait = retry_after_seconds(response.headers if response is not None else {})
-        delay = wait + random.uniform(0, 0.1)
-        self._tally.note(f"rate limited (Retry-After {wait:g} s)", delay, self.max_retry_count)
-        state.next_attempt_requested = True
-        time.sleep(delay)
-        state.increment_current_attempt()
+    def _delay(self, state: RetryState, response: HttpResponse | None) -> float:
+        return self._retry_after(response) + random.uniform(0, 0.1)
+
+    def _reason(self, response: HttpResponse | None, error: Exception | None) -> str:
+        return f"rate limited (Retry-After {self._retry_after(response):g} s)"
+
+    @staticmethod
+    def _retry_after(response: HttpResponse | None) -> float:
+        return retry_after_seconds(response.headers if response is not None else {})
 
 
 def retry_after_seconds(headers: Mapping[str, Any]) -> float:

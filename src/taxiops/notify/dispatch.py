@@ -45,10 +45,9 @@ from taxiops.notify.messages import (
     InvalidNoticeError,
     Notice,
     NoticeKind,
-    PlainMessage,
-    SlackMessage,
 )
 from taxiops.notify.outbox import Alert, Delivery, Outbox
+from taxiops.notify.render import PlainMessage, SlackMessage
 
 if TYPE_CHECKING:
     from taxiops.notify.blocks import TaxiopsNotifier

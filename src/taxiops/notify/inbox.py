@@ -32,24 +32,16 @@ from types import TracebackType
 from typing import Any, Literal, TextIO, cast
 from urllib.parse import parse_qs
 
-from taxiops.notify.messages import (
-    BLOCKS_MAX,
-    BUTTON_TEXT_MAX,
-    BUTTON_URL_MAX,
-    CONTEXT_ELEMENTS_MAX,
-    FIELD_TEXT_MAX,
-    HEADER_MAX,
-    SECTION_FIELDS_MAX,
-    SECTION_TEXT_MAX,
-)
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
+
+from taxiops.notify.render import BLOCKS_MAX, FIELD_TEXT_MAX
 
 Endpoint = Literal["webhook", "chat.postMessage", "apprise"]
 FaultMode = Literal["up", "down", "error", "paced"]
 
 KNOWN_BLOCK_TYPES = frozenset({"header", "section", "context", "divider", "actions"})
 _TEXT_TYPES = frozenset({"plain_text", "mrkdwn"})
-_ACTIONS_ELEMENTS_MAX = 25
-_ID_MAX = 255
 _MAX_BODY_BYTES = 1_000_000
 
 
@@ -393,7 +385,11 @@ def serve_inbox(host: str = "127.0.0.1", port: int = 0, log_path: Path | None = 
 
 
 def block_kit_problems(blocks: object) -> list[str]:
-    """What is wrong with `blocks` for the parts of Block Kit taxiops uses; empty if nothing."""
+    """What is wrong with `blocks` for the parts of Block Kit taxiops uses; empty if nothing.
+
+    slack_sdk's block classes check their own limits (`Block.parse`, then `to_dict()`, which
+    validates); the shape rules they let through, and the two limits they do not hold
+    (`render.BLOCKS_MAX`, `render.FIELD_TEXT_MAX`), are checked here."""
     if not isinstance(blocks, list):
         return ["blocks must be a list"]
     problems: list[str] = []
@@ -408,14 +404,21 @@ def block_kit_problems(blocks: object) -> list[str]:
         if kind not in KNOWN_BLOCK_TYPES:
             problems.append(f"{where}: unknown type {kind!r}")
             continue
-        block_id = block.get("block_id")
-        if block_id is not None and not _short_str(block_id, _ID_MAX):
-            problems.append(f"{where}.block_id must be a string of at most {_ID_MAX}")
-        problems += _BLOCK_CHECKS[kind](block, where)
+        try:
+            parsed = Block.parse(block)
+            if parsed is not None:
+                parsed.to_dict()
+        except SlackObjectFormationError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            problems.append(f"{where}: not a {kind} block ({type(exc).__name__})")
+            continue
+        problems += _BLOCK_SHAPES[kind](block, where)
     return problems
 
 
-def _text_problems(obj: object, where: str, limit: int, *, plain_only: bool = False) -> list[str]:
+def _text_problems(obj: object, where: str, *, plain_only: bool = False) -> list[str]:
     if not isinstance(obj, dict):
         return [f"{where} must be a text object"]
     kind = obj.get("type")
@@ -425,85 +428,66 @@ def _text_problems(obj: object, where: str, limit: int, *, plain_only: bool = Fa
     text = obj.get("text")
     if not isinstance(text, str) or not text:
         return [f"{where}.text must be a non-empty string"]
-    if len(text) > limit:
-        return [f"{where}.text has {len(text)} characters, at most {limit}"]
     return []
 
 
-def _header_problems(block: dict[str, Any], where: str) -> list[str]:
-    return _text_problems(block.get("text"), f"{where}.text", HEADER_MAX, plain_only=True)
+def _header_shape(block: dict[str, Any], where: str) -> list[str]:
+    return _text_problems(block.get("text"), f"{where}.text", plain_only=True)
 
 
-def _section_problems(block: dict[str, Any], where: str) -> list[str]:
+def _section_shape(block: dict[str, Any], where: str) -> list[str]:
     text, fields = block.get("text"), block.get("fields")
-    if text is None and fields is None:
-        return [f"{where}: a section needs text or fields"]
-    problems = [] if text is None else _text_problems(text, f"{where}.text", SECTION_TEXT_MAX)
+    problems = [] if text is None else _text_problems(text, f"{where}.text")
     if fields is not None:
         if not isinstance(fields, list) or not fields:
             return [*problems, f"{where}.fields must be a non-empty list"]
-        if len(fields) > SECTION_FIELDS_MAX:
-            problems.append(f"{where}: {len(fields)} fields, at most {SECTION_FIELDS_MAX}")
         for i, item in enumerate(fields):
-            problems += _text_problems(item, f"{where}.fields[{i}]", FIELD_TEXT_MAX)
+            at = f"{where}.fields[{i}]"
+            problems += _text_problems(item, at)
+            if isinstance(item, dict) and len(str(item.get("text", ""))) > FIELD_TEXT_MAX:
+                problems.append(f"{at}.text has more than {FIELD_TEXT_MAX} characters")
     return problems
 
 
-def _context_problems(block: dict[str, Any], where: str) -> list[str]:
+def _context_shape(block: dict[str, Any], where: str) -> list[str]:
     elements = block.get("elements")
     if not isinstance(elements, list) or not elements:
         return [f"{where}.elements must be a non-empty list"]
     problems = []
-    if len(elements) > CONTEXT_ELEMENTS_MAX:
-        problems.append(f"{where}: {len(elements)} elements, at most {CONTEXT_ELEMENTS_MAX}")
     for i, element in enumerate(elements):
         if isinstance(element, dict) and element.get("type") == "image":
             if not (element.get("image_url") and element.get("alt_text")):
                 problems.append(f"{where}.elements[{i}]: an image needs image_url and alt_text")
         else:
-            problems += _text_problems(element, f"{where}.elements[{i}]", SECTION_TEXT_MAX)
+            problems += _text_problems(element, f"{where}.elements[{i}]")
     return problems
 
 
-def _divider_problems(block: dict[str, Any], where: str) -> list[str]:
+def _divider_shape(block: dict[str, Any], where: str) -> list[str]:
     return []
 
 
-def _actions_problems(block: dict[str, Any], where: str) -> list[str]:
+def _actions_shape(block: dict[str, Any], where: str) -> list[str]:
     elements = block.get("elements")
     if not isinstance(elements, list) or not elements:
         return [f"{where}.elements must be a non-empty list"]
     problems = []
-    if len(elements) > _ACTIONS_ELEMENTS_MAX:
-        problems.append(f"{where}: {len(elements)} elements, at most {_ACTIONS_ELEMENTS_MAX}")
     for i, element in enumerate(elements):
         at = f"{where}.elements[{i}]"
         if not isinstance(element, dict) or element.get("type") != "button":
             problems.append(f"{at} must be a button")
             continue
-        problems += _text_problems(
-            element.get("text"), f"{at}.text", BUTTON_TEXT_MAX, plain_only=True
-        )
-        url = element.get("url")
-        if url is not None and not _short_str(url, BUTTON_URL_MAX):
-            problems.append(f"{at}.url must be a string of at most {BUTTON_URL_MAX}")
-        action_id = element.get("action_id")
-        if action_id is not None and not _short_str(action_id, _ID_MAX):
-            problems.append(f"{at}.action_id must be a string of at most {_ID_MAX}")
+        problems += _text_problems(element.get("text"), f"{at}.text", plain_only=True)
     return problems
 
 
-_BLOCK_CHECKS = {
-    "header": _header_problems,
-    "section": _section_problems,
-    "context": _context_problems,
-    "divider": _divider_problems,
-    "actions": _actions_problems,
+_BLOCK_SHAPES = {
+    "header": _header_shape,
+    "section": _section_shape,
+    "context": _context_shape,
+    "divider": _divider_shape,
+    "actions": _actions_shape,
 }
-
-
-def _short_str(value: object, limit: int) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= limit
 
 
 # --- reading messages back as text ----------------------------------------------------

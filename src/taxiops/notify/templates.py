@@ -40,10 +40,10 @@ TRAINED_BODY_TEMPLATE = _PAYLOAD_NOTICE % "succeeded"
 """Body for `taxiops.model.trained`; the payload is a `TrainingSummary` dump (`ModelTrained`)."""
 
 REJECTED_BODY_TEMPLATE = _PAYLOAD_NOTICE % "rejected"
-"""Body for `taxiops.data.rejected`; the payload is `DataRejected(...).to_payload()`."""
+"""Body for `taxiops.data.rejected`; the payload is a `taxiops.payloads.DataRejected` dump."""
 
 MISSING_MONTH_BODY_TEMPLATE = _PAYLOAD_NOTICE % "missing_month"
-"""Body for `taxiops.month.missing`; the payload is `MonthMissing(...).to_payload()`."""
+"""Body for `taxiops.month.missing`; the payload is a `taxiops.payloads.MonthMissing` dump."""
 
 FAILURE_BODY_TEMPLATE = (
     """\
@@ -68,8 +68,9 @@ SUBJECT_TEMPLATE = "taxiops: {{ flow_run.name or event.event or 'notification' }
 """Subject; used as the title only when a body is not a notice."""
 
 
-def stale_data_body_template(window_days: float) -> str:
-    """Body for the proactive "no new data" trigger: it has no event, only the taxi-type label."""
+def no_new_data_body_template(window_days: float) -> str:
+    """Body for the proactive "no new data" trigger: it has no event, only the taxi-type label;
+    its payload keys are fields of `taxiops.payloads.MonthMissing`."""
     return (
         "{\n"
         '  "kind": "missing_month",\n'

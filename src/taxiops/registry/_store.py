@@ -136,7 +136,8 @@ def judge(
     champion_metrics: Metrics | None,
 ) -> tuple[bool, str]:
     """The promotion rule, and its reason in words: no champion yet, or not a backfill and
-    an RMSE no worse than the champion's on the same month."""
+    an RMSE no worse than the champion's on the same month (the reason says better, worse
+    or equal, and by how much)."""
     if champion is None or champion_metrics is None:
         return True, f"first {challenger.taxi_type} model"
     if is_backfill(challenger, champion):
@@ -144,15 +145,21 @@ def judge(
             f"{validation_month_of(challenger)} is older than {champion.name}'s month "
             f"{validation_month_of(champion)}: a backfill never replaces production"
         )
-    if not should_promote(metrics, champion_metrics):
-        return (
-            False,
-            f"RMSE {metrics.rmse:.3f} is worse than {champion.name}'s {champion_metrics.rmse:.3f}",
-        )
     return (
-        True,
-        f"RMSE {metrics.rmse:.3f} is no worse than {champion.name}'s {champion_metrics.rmse:.3f}",
+        should_promote(metrics, champion_metrics),
+        rmse_comparison(metrics.rmse, champion.name, champion_metrics.rmse),
     )
+
+
+def rmse_comparison(rmse: float, champion_name: str, champion_rmse: float) -> str:
+    """The challenger's RMSE against the champion's in words: better, worse or equal, and by
+    how much (to three decimals, as both are shown)."""
+    delta = rmse - champion_rmse
+    if delta == 0:
+        return f"RMSE {rmse:.3f} equals {champion_name}'s {champion_rmse:.3f}"
+    word = "better" if delta < 0 else "worse"
+    gap = f"{abs(delta):.3f}" if abs(delta) >= 0.0005 else "less than 0.001"
+    return f"RMSE {rmse:.3f} is {word} than {champion_name}'s {champion_rmse:.3f} by {gap}"
 
 
 class ModelRegistry:
