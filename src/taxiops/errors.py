@@ -1,15 +1,27 @@
-"""Every error taxiops raises on purpose.
+"""Every error taxiops raises on purpose, in one place.
 
     TaxiopsError
-    ├── DataValidationError      a month file broke a data rule; permanent, never retried
-    ├── RegistryError            the model registry could not be read or written
-    ├── TaskFailedError          a training step failed after its retries; names the step
-    ├── MissingMonthError        a scheduled retrain found no file for the month it expected
-    ├── SettingsError            a TAXIOPS_* (or SLACK_*) value in the environment or .env is invalid
-    └── StartupError             a folder, port or server a command needs is not usable
+    ├── SettingsError              a TAXIOPS_* (or SLACK_*) value in the environment or .env is invalid
+    ├── StartupError               a folder, port or server a command needs is not usable
+    ├── DataValidationError        a month file broke a data rule; permanent, never retried
+    ├── RegistryError              the model registry could not be read or written
+    ├── TaskFailedError            a training step failed after its retries; names the step
+    ├── MissingMonthError          a scheduled retrain found no file for the month it expected
+    ├── HandOffError               Prefect answered but did not take a file; retried
+    ├── PrefectUnreachableError    the Prefect API did not answer (also a ConnectionError)
+    ├── PrefectApiError            `taxiops up` cannot reach or start its Prefect API
+    ├── RetryRefusedError          `taxiops retry` cannot retry that file
+    ├── AutomationSpecError        an automations/*.yaml file is not a valid automation
+    ├── InvalidNoticeError         a notification body is not a taxiops notice (a ValueError)
+    ├── NotificationDeliveryError  one channel (Slack, apprise) did not take a message
+    └── NotifierError              some channels of a notification failed; lives in
+                                   `taxiops.notify.blocks` because it is also Prefect's
+                                   `NotificationError`, and this module imports no Prefect
+    FetchInterruptedError          Ctrl-C during `taxiops fetch`; lives in `taxiops.intake.fetch`
+                                   beside the per-month results it carries
 
 Errors carry their context as attributes so alerts can render them without
-parsing messages. Messages name the file, the rule broken and what to do.
+parsing messages. Messages name the file or setting, the rule broken and what to do.
 """
 
 from __future__ import annotations
@@ -145,3 +157,91 @@ class StartupError(TaxiopsError):
         self.detail = detail
         self.hint = hint
         super().__init__(f"{setting}: {detail}; {hint}")
+
+
+class InvalidNoticeError(TaxiopsError, ValueError):
+    """A notification body could not be read as a taxiops notice."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"not a taxiops notice: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.reason,))
+
+
+class AutomationSpecError(TaxiopsError):
+    """An automation file is not a valid automation."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path.name}: {detail}")
+
+
+class NotificationDeliveryError(TaxiopsError):
+    """A channel did not take a message. The text names the channel, never its URL or token."""
+
+    def __init__(
+        self, channel: str, detail: str, *, status: int | None = None, retries: int = 0
+    ) -> None:
+        self.channel = channel
+        self.detail = detail
+        self.status = status
+        self.retries = retries
+        super().__init__(f"{channel}: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_delivery_error, (self.channel, self.detail, self.status, self.retries))
+
+
+def _rebuild_delivery_error(
+    channel: str, detail: str, status: int | None, retries: int
+) -> NotificationDeliveryError:
+    return NotificationDeliveryError(channel, detail, status=status, retries=retries)
+
+
+class PrefectApiError(TaxiopsError):
+    """The Prefect API to use cannot be reached or started."""
+
+
+class RetryRefusedError(TaxiopsError):
+    """A file cannot be retried; the message names it, its state and what to do instead."""
+
+    def __init__(self, file: str, detail: str) -> None:
+        self.file = file
+        self.detail = detail
+        super().__init__(f"cannot retry {file}: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.file, self.detail))
+
+
+class HandOffError(TaxiopsError):
+    """The Prefect API answered but did not take a file; it stays pending and is retried."""
+
+    def __init__(self, path: Path | str, api_url: str, detail: str) -> None:
+        self.path = Path(path)
+        self.api_url = api_url
+        self.detail = detail
+        super().__init__(f"{self.path.name}: not handed to Prefect at {api_url}: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.api_url, self.detail))
+
+
+class PrefectUnreachableError(TaxiopsError, ConnectionError):
+    """The Prefect API did not answer (refused, timed out, reset); nothing was handed off."""
+
+    def __init__(self, api_url: str, detail: str, path: Path | str | None = None) -> None:
+        self.api_url = api_url
+        self.detail = detail
+        self.path = None if path is None else Path(path)
+        waiting = f"{self.path.name} stays pending; " if self.path is not None else ""
+        super().__init__(
+            f"Prefect API at {api_url} did not answer ({detail}); {waiting}"
+            "start it with `taxiops up` or check PREFECT_API_URL"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.api_url, self.detail, self.path))

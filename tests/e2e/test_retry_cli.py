@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from taxiops.intake import FileState, Ledger, RetryRefusedError, describe_incoming, retry_file
+from taxiops.errors import RetryRefusedError
+from taxiops.intake import FileState, Ledger, describe_incoming, retry_file
 from taxiops.ml import write_synth_month
 from taxiops.tripfile import Month
 from tests.e2e.harness import Site

@@ -21,7 +21,7 @@ from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
 from taxiops.app.server import LocalPrefectServer, is_healthy, ui_url_for
-from taxiops.errors import TaxiopsError
+from taxiops.errors import PrefectApiError
 from taxiops.intake import PrefectSubmitter, WatcherService
 from taxiops.notify.automations import ApplyReport, set_up_alerting
 from taxiops.notify.dispatch import dispatching
@@ -34,10 +34,6 @@ logger = logging.getLogger("taxiops.app.service")
 # waiting out an outage (an outage lets the first start run for minutes).
 _QUICK_FAILURE_SECONDS = 10.0
 _MAX_QUICK_FAILURES = 5
-
-
-class PrefectApiError(TaxiopsError):
-    """The Prefect API to use cannot be reached or started."""
 
 
 @dataclass(frozen=True)

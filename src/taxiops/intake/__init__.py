@@ -12,6 +12,7 @@ ledger -> Prefect (`HandOff`):
 
 from __future__ import annotations
 
+from taxiops.errors import HandOffError, PrefectUnreachableError, RetryRefusedError
 from taxiops.intake._admission import (
     Admitted,
     Gone,
@@ -32,12 +33,10 @@ from taxiops.intake._incoming import (
 )
 from taxiops.intake._ledger import FileState, Ledger, LedgerEntry, run_key
 from taxiops.intake._outbox import Rejection, RejectionOutbox
-from taxiops.intake._retry import RetryRefusedError, retry_file
+from taxiops.intake._retry import retry_file
 from taxiops.intake._service import WatcherService, rejection_rows, status_rows
 from taxiops.intake._submitter import (
-    HandOffError,
     PrefectSubmitter,
-    PrefectUnreachableError,
     RunOutcome,
     RunStatus,
     Submission,

@@ -9,22 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from taxiops.errors import TaxiopsError
+from taxiops.errors import RetryRefusedError
 from taxiops.intake._ledger import FileState, Ledger, LedgerEntry
 from taxiops.tripfile import sha256_of
-
-
-class RetryRefusedError(TaxiopsError):
-    """A file cannot be retried; the message names it, its state and what to do instead."""
-
-    def __init__(self, file: str, detail: str) -> None:
-        self.file = file
-        self.detail = detail
-        super().__init__(f"cannot retry {file}: {detail}")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.file, self.detail))
-
 
 _REFUSALS: dict[FileState, str] = {
     FileState.SEEN: "it is already on its way (waiting for a watcher to hand it off)",

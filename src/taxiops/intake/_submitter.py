@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from taxiops import names
-from taxiops.errors import TaxiopsError, ValidationRule
+from taxiops.errors import HandOffError, PrefectUnreachableError, ValidationRule
 from taxiops.intake._incoming import IncomingFile
 from taxiops.intake._ledger import run_key
 from taxiops.intake._outbox import Rejection
@@ -32,36 +32,6 @@ if TYPE_CHECKING:
 # Arrival event ids derive from content and run, so a re-sent event is stored once.
 _EVENT_NAMESPACE = uuid.UUID("5b0e8f4e-2a59-4c56-9a4c-0f3c1f6b8d21")
 _REJECTION_MARKER = "DataValidationError"
-
-
-class HandOffError(TaxiopsError):
-    """The Prefect API answered but did not take a file; it stays pending and is retried."""
-
-    def __init__(self, path: Path | str, api_url: str, detail: str) -> None:
-        self.path = Path(path)
-        self.api_url = api_url
-        self.detail = detail
-        super().__init__(f"{self.path.name}: not handed to Prefect at {api_url}: {detail}")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.path, self.api_url, self.detail))
-
-
-class PrefectUnreachableError(TaxiopsError, ConnectionError):
-    """The Prefect API did not answer (refused, timed out, reset); nothing was handed off."""
-
-    def __init__(self, api_url: str, detail: str, path: Path | str | None = None) -> None:
-        self.api_url = api_url
-        self.detail = detail
-        self.path = None if path is None else Path(path)
-        waiting = f"{self.path.name} stays pending; " if self.path is not None else ""
-        super().__init__(
-            f"Prefect API at {api_url} did not answer ({detail}); {waiting}"
-            "start it with `taxiops up` or check PREFECT_API_URL"
-        )
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.api_url, self.detail, self.path))
 
 
 class RunStatus(StrEnum):

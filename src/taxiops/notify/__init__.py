@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from taxiops.errors import InvalidNoticeError, NotificationDeliveryError
 from taxiops.notify.channels import (
-    NotificationDeliveryError,
     RetryPolicy,
     send_apprise,
     send_slack_message,
@@ -26,7 +26,6 @@ from taxiops.notify.channels import (
 from taxiops.notify.inbox import InboxMessage, SlackInbox, block_kit_problems, serve_inbox
 from taxiops.notify.messages import (
     DataRejected,
-    InvalidNoticeError,
     ModelTrained,
     MonthMissing,
     Notice,

@@ -26,20 +26,11 @@ from prefect.events.schemas.automations import AutomationCore
 
 from taxiops import names
 from taxiops.bundled import bundled_root
-from taxiops.errors import TaxiopsError
+from taxiops.errors import AutomationSpecError
 from taxiops.notify import templates
 from taxiops.settings import Settings
 
 AUTOMATIONS_DIR = bundled_root() / "automations"
-
-
-class AutomationSpecError(TaxiopsError):
-    """An automation file is not a valid automation."""
-
-    def __init__(self, path: Path, detail: str) -> None:
-        self.path = path
-        self.detail = detail
-        super().__init__(f"{path.name}: {detail}")
 
 
 def body_templates(settings: Settings) -> dict[str, str]:

@@ -27,20 +27,19 @@ from uuid import UUID
 from prefect.blocks.abstract import NotificationBlock, NotificationError
 from pydantic import Field, SecretStr
 
-from taxiops.errors import TaxiopsError
+from taxiops.errors import InvalidNoticeError, NotificationDeliveryError, TaxiopsError
 from taxiops.names import NOTIFIER_BLOCK_NAME, NOTIFIER_BLOCK_TYPE
 from taxiops.notify.channels import (
     APPRISE,
     DEFAULT_RETRY,
     SLACK_API,
     SLACK_WEBHOOK,
-    NotificationDeliveryError,
     RetryPolicy,
     send_apprise,
     send_slack_message,
     send_slack_webhook,
 )
-from taxiops.notify.messages import InvalidNoticeError, Notice
+from taxiops.notify.messages import Notice
 from taxiops.notify.render import (
     PlainMessage,
     SlackMessage,

@@ -32,7 +32,7 @@ from slack_sdk.http_retry import (
 )
 from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
-from taxiops.errors import TaxiopsError
+from taxiops.errors import NotificationDeliveryError
 from taxiops.notify._redact import private_logger, redact, redacted_logger
 from taxiops.notify.render import NotifyLevel, SlackMessage
 
@@ -45,28 +45,6 @@ SlackPayload = SlackMessage | Mapping[str, Any]
 
 # apprise logs target URLs at DEBUG, and requests' urllib3 logs each request path.
 _APPRISE_LOGGERS = ("apprise", "urllib3.connectionpool")
-
-
-class NotificationDeliveryError(TaxiopsError):
-    """A channel did not take a message. The text names the channel, never its URL or token."""
-
-    def __init__(
-        self, channel: str, detail: str, *, status: int | None = None, retries: int = 0
-    ) -> None:
-        self.channel = channel
-        self.detail = detail
-        self.status = status
-        self.retries = retries
-        super().__init__(f"{channel}: {detail}")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_delivery_error, (self.channel, self.detail, self.status, self.retries))
-
-
-def _rebuild_delivery_error(
-    channel: str, detail: str, status: int | None, retries: int
-) -> NotificationDeliveryError:
-    return NotificationDeliveryError(channel, detail, status=status, retries=retries)
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from taxiops import names
-from taxiops.notify.channels import NotificationDeliveryError, RetryPolicy
+from taxiops.errors import InvalidNoticeError, NotificationDeliveryError
+from taxiops.notify.channels import RetryPolicy
 from taxiops.notify.messages import (
     DataRejected,
-    InvalidNoticeError,
     Notice,
     NoticeKind,
 )

@@ -26,18 +26,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from taxiops import names
-from taxiops.errors import TASK_FAILED_PREFIX, TaxiopsError
-
-
-class InvalidNoticeError(TaxiopsError, ValueError):
-    """A notification body could not be read as a taxiops notice."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"not a taxiops notice: {reason}")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.reason,))
+from taxiops.errors import TASK_FAILED_PREFIX, InvalidNoticeError
 
 
 class NoticeKind(StrEnum):
