@@ -6,6 +6,7 @@ starts, reports healthy and stops without leaving a process behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -67,11 +68,22 @@ class LocalPrefectServer:
         process = self._process
         return None if process is None or process.poll() is not None else process.pid
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of the last server process, once it has ended."""
+        return None if self._process is None else self._process.poll()
+
     def start(self, timeout: float = _HEALTH_TIMEOUT_SECONDS) -> None:
-        """Start the server and wait until `/api/health` answers."""
+        """Start the server and wait until `/api/health` answers; again after it ended, on
+        the same port and database. Raises RuntimeError (its one-line reason) if the process
+        exits first, TimeoutError if it never answers."""
+        if self.pid is not None:
+            raise RuntimeError(f"the Prefect server at {self.api_url} is already running")
+        self.stop()  # what a dead server left of its process group
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path or self.state_dir / "server.log"
         with log_path.open("ab") as log:
+            log_offset = log.tell()
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--no-background"],
                 env=server_environment(self.state_dir, self.host, self.port),
@@ -79,16 +91,16 @@ class LocalPrefectServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_healthy(timeout, log_path)
+        self._wait_healthy(timeout, log_path, log_offset)
 
-    def _wait_healthy(self, timeout: float, log_path: Path) -> None:
+    def _wait_healthy(self, timeout: float, log_path: Path, log_offset: int) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(
-                    f"Prefect server exited with {self._process.returncode}:\n{tail}"
+                    f"Prefect server exited with {self._process.returncode}: "
+                    f"{_last_line(log_path, log_offset)} (log: {log_path})"
                 )
             if is_healthy(self.api_url):
                 return
@@ -99,7 +111,11 @@ class LocalPrefectServer:
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server and every process it started."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
+            return
+        if process.poll() is not None:  # killed: its own children may live on
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
             return
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -127,6 +143,15 @@ def is_healthy(api_url: str) -> bool:
         return httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _last_line(log_path: Path, offset: int) -> str:
+    """The last non-blank line the server wrote since `offset`: its error, usually."""
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        lines = [line.strip() for line in log.read().decode(errors="replace").splitlines()]
+    found = [line for line in lines if line]
+    return found[-1][:300] if found else "no output"
 
 
 def ui_url_for(api_url: str) -> str:
