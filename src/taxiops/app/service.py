@@ -20,6 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
+from taxiops.app.outage_logs import quiet_api_outages
 from taxiops.app.server import LocalPrefectServer, is_healthy, ui_url_for
 from taxiops.app.supervisor import describe, stopped_within, supervise
 from taxiops.errors import TaxiopsError
@@ -109,7 +110,7 @@ def run_service(
     settings.home.mkdir(parents=True, exist_ok=True)
     if watch:
         settings.incoming_dir.mkdir(parents=True, exist_ok=True)
-    with prefect_api(settings) as api:
+    with quiet_api_outages(settings.home), prefect_api(settings) as api:
         asyncio.run(_serve(settings, api, watch, slack_webhook_url, on_ready))
 
 
