@@ -147,12 +147,13 @@ def is_healthy(api_url: str) -> bool:
 
 
 def _last_line(log_path: Path, offset: int) -> str:
-    """The last non-blank line the server wrote since `offset`: its error, usually."""
+    """The last paragraph the server wrote since `offset` (its error, usually), on one line:
+    Prefect's console wraps its messages at 80 columns."""
     with log_path.open("rb") as log:
         log.seek(offset)
-        lines = [line.strip() for line in log.read().decode(errors="replace").splitlines()]
-    found = [line for line in lines if line]
-    return found[-1][:300] if found else "no output"
+        text = log.read().decode(errors="replace")
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+    return paragraphs[-1][:300] if paragraphs else "no output"
 
 
 def ui_url_for(api_url: str) -> str:
