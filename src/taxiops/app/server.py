@@ -30,6 +30,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether another socket listens on `host:port` (one in TIME_WAIT does not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
 def server_environment(state_dir: Path, host: str, port: int) -> dict[str, str]:
     """Environment for a Prefect server whose every file lives in `state_dir`."""
     env = dict(os.environ)
@@ -81,6 +92,8 @@ class LocalPrefectServer:
         if self.pid is not None:
             raise RuntimeError(f"the Prefect server at {self.api_url} is already running")
         self.stop()  # what a dead server left of its process group
+        if port_in_use(self.host, self.port):  # found in ms; the server takes seconds to say so
+            raise RuntimeError(f"port {self.port} on {self.host} is in use by another process")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path or self.state_dir / "server.log"
         with log_path.open("ab") as log:
