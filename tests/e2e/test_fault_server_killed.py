@@ -24,7 +24,9 @@ from tests.e2e.harness import (
 )
 
 BIG_ROWS = 400_000  # training lasts a few seconds: long enough to kill the server inside it
-RECOVER_TIMEOUT = 60.0
+# This 2-core machine runs several test sessions at once: a first start took over 120 s.
+STARTUP_TIMEOUT = 360.0
+RECOVER_TIMEOUT = 120.0
 RUN_TIMEOUT = 240.0
 TRAIN_TASK = "train-challenger"
 SERVER_STOPPED = "the local Prefect server stopped"
@@ -48,7 +50,7 @@ def test_server_killed_while_training_is_restarted_and_the_run_accounted_for(
     with SlackInbox(echo=False) as inbox:
         site = embedded_site(tmp_path / "site", inbox)
         with site.start("up") as up:
-            up.wait_for_log(UP_READY)
+            up.wait_for_log(UP_READY, timeout=STARTUP_TIMEOUT)
             path = site.drop("green", "2023-01", rows=BIG_ROWS)
             run = wait_until(
                 lambda: (runs_by_file(site.api_url, [path])[path] or [None])[-1],
@@ -113,7 +115,7 @@ def test_server_that_keeps_dying_ends_up_with_exit_code_2_and_one_line(tmp_path:
         site = embedded_site(tmp_path / "site", inbox)
         port = int(site.api_url.rsplit(":", 1)[1].removesuffix("/api"))
         with site.start("up") as up, socket.socket() as squatter:
-            up.wait_for_log(UP_READY)
+            up.wait_for_log(UP_READY, timeout=STARTUP_TIMEOUT)
             server = the_server(up.pid)
             os.kill(server, signal.SIGKILL)
             # Another listener takes the port: every restart fails to bind it.
