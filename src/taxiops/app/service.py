@@ -178,10 +178,11 @@ class ServerChild:
     def __init__(self, server: LocalPrefectServer, *, poll_every: float = 0.2) -> None:
         self._server = server
         self._poll_every = poll_every
+        self._watched = False
 
     async def start(self, stop: asyncio.Event) -> bool:
-        if self._server.pid is not None:
-            return True
+        if self._server.pid is not None or not self._watched:
+            return True  # `prefect_api` started it; `wait` tells if it died since
         if await asyncio.to_thread(is_healthy, self._server.api_url):
             raise PrefectApiError(f"something else now serves {self._server.api_url}")
         await asyncio.to_thread(self._server.start)
@@ -189,13 +190,14 @@ class ServerChild:
         return True
 
     async def wait(self, stop: asyncio.Event) -> str:
+        self._watched = True
         while self._server.pid is not None:
             if await stopped_within(stop, self._poll_every):
                 return "stopped"
         code = self._server.returncode
-        return f"exited with {code}" + (
-            f" ({signal.Signals(-code).name})" if code and code < 0 else ""
-        )
+        if code is not None and -code in signal.valid_signals():
+            return f"exited with {code} ({signal.Signals(-code).name})"
+        return f"exited with {code}"
 
 
 class RunnerSupervisor:
