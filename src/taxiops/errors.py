@@ -10,6 +10,7 @@
     ├── HandOffError               Prefect answered but did not take a file; retried
     ├── PrefectUnreachableError    the Prefect API did not answer (also a ConnectionError)
     ├── PrefectApiError            `taxiops up` cannot reach or start its Prefect API
+    ├── ChildFailedError           a child of `taxiops up` kept failing after each restart
     ├── RetryRefusedError          `taxiops retry` cannot retry that file
     ├── AutomationSpecError        an automations/*.yaml file is not a valid automation
     ├── InvalidNoticeError         a notification body is not a taxiops notice (a ValueError)
@@ -245,3 +246,21 @@ class PrefectUnreachableError(TaxiopsError, ConnectionError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.api_url, self.detail, self.path))
+
+
+class ChildFailedError(TaxiopsError):
+    """A supervised child kept failing right after each restart."""
+
+    def __init__(self, child: str, failures: int, last_error: str) -> None:
+        self.child = child
+        self.failures = failures
+        self.last_error = last_error
+        super().__init__(
+            f"taxiops up stopped: {child} failed {failures} times in a row, "
+            f"last: {_first_line(last_error)}"
+        )
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "no reason given"

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from taxiops.ml import write_synth_month
@@ -83,12 +84,15 @@ def wait_until(
 class Site:
     """One taxiops installation under `root`: `home/`, `data/incoming/`, `data/staging/`.
 
-    `env` are extra variables for every process of the site (they win over FAST_ENV)."""
+    `env` are extra variables for every process of the site (they win over FAST_ENV).
+    `embedded_server=True` leaves PREFECT_API_URL unset, so `taxiops up` starts its own
+    server on the port of `api_url` (TAXIOPS_SERVER_PORT)."""
 
     root: Path
     api_url: str
     slack_webhook_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    embedded_server: bool = False
     seed: int = field(default_factory=lambda: random.randrange(1_000_000) * 1_000)
 
     def __post_init__(self) -> None:
@@ -114,11 +118,11 @@ class Site:
         """The environment of this site's processes."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
         env.update(FAST_ENV)
-        env.update(
-            PREFECT_API_URL=self.api_url,
-            TAXIOPS_HOME=str(self.home),
-            TAXIOPS_INCOMING_DIR=str(self.incoming),
-        )
+        env.update(TAXIOPS_HOME=str(self.home), TAXIOPS_INCOMING_DIR=str(self.incoming))
+        if self.embedded_server:
+            env["TAXIOPS_SERVER_PORT"] = str(urlsplit(self.api_url).port)
+        else:
+            env["PREFECT_API_URL"] = self.api_url
         if self.slack_webhook_url is not None:
             env["SLACK_WEBHOOK_URL"] = self.slack_webhook_url
         env.update(self.env)
@@ -332,6 +336,19 @@ def descendants(pid: int) -> Iterator[int]:
         for child in children.get(todo.pop(), []):
             yield child
             todo.append(child)
+
+
+def server_processes(pid: int) -> list[int]:
+    """Pids of the `prefect server start` processes below `pid` (the embedded server)."""
+    found = []
+    for child in descendants(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"prefect" in argv and b"server" in argv and b"start" in argv:
+            found.append(child)
+    return found
 
 
 def flow_run_processes(flow_run_id: UUID | str) -> list[int]:

@@ -11,16 +11,18 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
+from taxiops.app.outage_logs import quiet_api_outages
 from taxiops.app.server import LocalPrefectServer, is_healthy, ui_url_for
+from taxiops.app.supervisor import describe, stopped_within, supervise
 from taxiops.errors import PrefectApiError
 from taxiops.intake import PrefectSubmitter, WatcherService
 from taxiops.notify.automations import ApplyReport, set_up_alerting
@@ -30,11 +32,6 @@ from taxiops.settings import Settings
 
 logger = logging.getLogger("taxiops.app.service")
 
-# A runner that stops this soon after starting, this many times in a row, is broken, not
-# waiting out an outage (an outage lets the first start run for minutes).
-_QUICK_FAILURE_SECONDS = 10.0
-_MAX_QUICK_FAILURES = 5
-
 
 @dataclass(frozen=True)
 class PrefectApi:
@@ -43,6 +40,7 @@ class PrefectApi:
     api_url: str
     ui_url: str
     local: bool
+    server: LocalPrefectServer | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,9 @@ def prefect_api(settings: Settings) -> Iterator[PrefectApi]:
         with temporary_settings(
             updates={PREFECT_API_URL: server.api_url, PREFECT_UI_URL: server.ui_url}
         ):
-            yield PrefectApi(api_url=server.api_url, ui_url=server.ui_url, local=True)
+            yield PrefectApi(
+                api_url=server.api_url, ui_url=server.ui_url, local=True, server=server
+            )
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
@@ -107,7 +107,11 @@ def run_service(
     settings.home.mkdir(parents=True, exist_ok=True)
     if watch:
         settings.incoming_dir.mkdir(parents=True, exist_ok=True)
-    with prefect_api(settings) as api, dispatching(settings, slack_webhook_url=slack_webhook_url):
+    with (
+        quiet_api_outages(settings.home),
+        prefect_api(settings) as api,
+        dispatching(settings, slack_webhook_url=slack_webhook_url),
+    ):
         asyncio.run(_serve(settings, api, watch, slack_webhook_url, on_ready))
 
 
@@ -134,6 +138,9 @@ async def _serve(
         watcher.start()
     supervisor = RunnerSupervisor(settings, api.api_url, runner)
     serving = asyncio.create_task(supervisor.serve(stop))
+    children: list[asyncio.Task[Any]] = [serving]
+    if api.server is not None:
+        children.append(asyncio.create_task(supervise(ServerChild(api.server), stop)))
     try:
         if on_ready is not None:
             on_ready(
@@ -146,16 +153,52 @@ async def _serve(
                 )
             )
         stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({*children, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for child in children:
+            if child.done():
+                child.result()  # a child that gave up: its ChildFailedError ends `taxiops up`
     finally:
         stop.set()
         if watcher is not None:
             await asyncio.to_thread(watcher.stop)
         await supervisor.astop()
         serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
+        # Not cancelled: a server start in progress runs in a thread; let it finish, so
+        # `prefect_api` stops the server it started.
+        await asyncio.gather(*children, return_exceptions=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+class ServerChild:
+    """The local Prefect server as a supervised child: restarted on the same port and
+    database, so every API URL handed out stays valid."""
+
+    name = "the local Prefect server"
+
+    def __init__(self, server: LocalPrefectServer, *, poll_every: float = 0.2) -> None:
+        self._server = server
+        self._poll_every = poll_every
+        self._watched = False
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        if self._server.pid is not None or not self._watched:
+            return True  # `prefect_api` started it; `wait` tells if it died since
+        if await asyncio.to_thread(is_healthy, self._server.api_url):
+            raise PrefectApiError(f"something else now serves {self._server.api_url}")
+        await asyncio.to_thread(self._server.start)
+        logger.info("the local Prefect server answers again at %s", self._server.api_url)
+        return True
+
+    async def wait(self, stop: asyncio.Event) -> str:
+        self._watched = True
+        while self._server.pid is not None:
+            if await stopped_within(stop, self._poll_every):
+                return "stopped"
+        code = self._server.returncode
+        if code is not None and -code in signal.valid_signals():
+            return f"exited with {code} ({signal.Signals(-code).name})"
+        return f"exited with {code}"
 
 
 class RunnerSupervisor:
@@ -173,6 +216,8 @@ class RunnerSupervisor:
     crashed runs (`TAXIOPS_RETRY_CRASHED_RUNS`).
     """
 
+    name = "the Prefect runner"
+
     def __init__(
         self, settings: Settings, api_url: str, runner: Runner, *, health_every: float = 0.5
     ) -> None:
@@ -180,44 +225,36 @@ class RunnerSupervisor:
         self._api_url = api_url
         self._health_every = health_every
         self.runner = runner
+        self._spent = False  # whether `runner` has run and stopped
         self.restarts = 0
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, starting a new runner whenever one gives up.
 
-        A runner that stops within `_QUICK_FAILURE_SECONDS` of its start counts as a quick
-        failure; restarts then back off, and after `_MAX_QUICK_FAILURES` in a row the error
-        is raised (something other than an outage is wrong), so `taxiops up` ends with it.
-        """
-        quick_failures = 0
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                await self.runner.start()
-                reason = "its poll loop ended"
-            except Exception as exc:
-                if time.monotonic() - started < _QUICK_FAILURE_SECONDS:
-                    quick_failures += 1
-                    if quick_failures >= _MAX_QUICK_FAILURES:
-                        raise
-                else:
-                    quick_failures = 0
-                reason = _describe(exc)
-            if stop.is_set():
-                return
-            logger.warning(
-                "the Prefect runner stopped (%s); serving again once %s answers",
-                reason,
-                self._api_url,
-            )
-            if quick_failures and await _stopped_within(stop, min(2.0**quick_failures, 30.0)):
-                return
-            runner = await self._new_runner(stop)
-            if runner is None:
-                return
-            self.runner = runner
-            self.restarts += 1
-            logger.info("serving the deployments again (runner restart %d)", self.restarts)
+        A runner that stops within `RestartPolicy.quick_failure_seconds` of its start counts
+        as a quick failure; restarts then back off, and after `max_quick_failures` in a row
+        `ChildFailedError` is raised (something other than an outage is wrong), so
+        `taxiops up` ends with it."""
+        await supervise(self, stop)
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        """A runner holding the deployments: the first one, or a new one once the API
+        answers; False if stopped first."""
+        if not self._spent:
+            return True
+        runner = await self._new_runner(stop)
+        if runner is None:
+            return False
+        self.runner, self._spent = runner, False
+        self.restarts += 1
+        logger.info("serving the deployments again (runner restart %d)", self.restarts)
+        return True
+
+    async def wait(self, stop: asyncio.Event) -> str:
+        """Run the runner until its poll loop ends (`astop` ends it when stopping)."""
+        self._spent = True
+        await self.runner.start()
+        return f"its poll loop ended; serving again once {self._api_url} answers"
 
     async def _new_runner(self, stop: asyncio.Event) -> Runner | None:
         """A runner holding the deployments, once the API answers; None if stopped first."""
@@ -226,8 +263,8 @@ class RunnerSupervisor:
                 runner, _ = await start_serving(self._settings)
                 return runner
             except Exception as exc:  # answered /health, yet not ready (503) or gone again
-                logger.warning("cannot serve the deployments yet: %s", _describe(exc))
-            if await _stopped_within(stop, self._health_every):
+                logger.warning("cannot serve the deployments yet: %s", describe(exc))
+            if await stopped_within(stop, self._health_every):
                 break
         return None
 
@@ -239,7 +276,7 @@ class RunnerSupervisor:
     async def _wait_for_api(self, stop: asyncio.Event) -> bool:
         """Wait until the API answers (True) or `stop` is set (False)."""
         while not await asyncio.to_thread(is_healthy, self._api_url):
-            if await _stopped_within(stop, self._health_every):
+            if await stopped_within(stop, self._health_every):
                 return False
         return not stop.is_set()
 
@@ -266,18 +303,3 @@ def quiet_runner_polls() -> None:
     runner_logger = logging.getLogger("prefect.runner")
     if not any(isinstance(f, _LogOnChange) for f in runner_logger.filters):
         runner_logger.addFilter(_LogOnChange("%d scheduled runs skipped (at capacity)"))
-
-
-async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
-
-
-def _describe(exc: BaseException) -> str:
-    """`Type: message` of the first real error inside (nested) exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
