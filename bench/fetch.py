@@ -124,7 +124,7 @@ def main() -> int:
             failed |= not ok
             state = "no ledger entry" if entry is None else f"{entry.state.value}, run {entry.runs}"
             print(f"  {name}: ledger {state}; flow runs {len(mine)} {final}")
-        rejections = ledger.rejections()
+        rejections = ledger.outbox.rejections()
         print(f"  rejections: {len(rejections)}; ledger entries: {len(ledger.entries())}")
         failed |= bool(rejections) or len(ledger.entries()) != len(MONTHS)
 

@@ -165,7 +165,7 @@ def test_alert_past_max_age_is_undeliverable_in_status_and_as_an_event(
 
         status = wait_until(undeliverable_line, 60, "status to say undeliverable")
         assert "1 undeliverable" in status
-        rejection = served.site.ledger().rejections()[0]
+        rejection = served.site.ledger().outbox.rejections()[0]
 
         def reported() -> list[object]:
             with prefect_client(served.site.api_url) as client:
