@@ -6,12 +6,11 @@ Each check raises `StartupError` naming the setting, what is wrong and what to d
 from __future__ import annotations
 
 import errno
-import socket
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from taxiops.app.server import is_healthy
+from taxiops.app.server import bind_error, is_healthy
 from taxiops.errors import StartupError
 from taxiops.settings import Settings
 
@@ -45,18 +44,15 @@ def check_folders(settings: Settings, *, incoming: bool = True) -> None:
 def check_port_free(settings: Settings) -> None:
     """The local server's port is free, or a Prefect server already answers there (which
     `taxiops up` reports itself)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((settings.server_host, settings.server_port))
-            return
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise StartupError(
-                    f"TAXIOPS_SERVER_HOST={settings.server_host}",
-                    f"cannot listen there ({exc.strerror})",
-                    "use an address of this machine, such as 127.0.0.1",
-                ) from None
+    error = bind_error(settings.server_host, settings.server_port)
+    if error is None:
+        return
+    if error.errno != errno.EADDRINUSE:
+        raise StartupError(
+            f"TAXIOPS_SERVER_HOST={settings.server_host}",
+            f"cannot listen there ({error.strerror})",
+            "use an address of this machine, such as 127.0.0.1",
+        )
     if is_healthy(settings.api_url):
         return
     raise StartupError(

@@ -30,15 +30,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """Whether another socket listens on `host:port` (one in TIME_WAIT does not count)."""
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why nothing could listen on `host:port` now, or None if it could (a socket in
+    TIME_WAIT does not count)."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return True
-        return False
+        except OSError as exc:
+            return exc
+        return None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether another socket listens on `host:port` (one in TIME_WAIT does not count)."""
+    return bind_error(host, port) is not None
 
 
 def server_environment(state_dir: Path, host: str, port: int) -> dict[str, str]:
