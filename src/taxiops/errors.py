@@ -256,8 +256,8 @@ class ChildFailedError(TaxiopsError):
         self.failures = failures
         self.last_error = last_error
         super().__init__(
-            f"taxiops up stopped: {child} failed {failures} times in a row, "
-            f"last: {_first_line(last_error)}"
+            f"{child} failed {failures} times in a row, last: {_first_line(last_error)}; "
+            "taxiops up stopped"
         )
 
 

@@ -46,7 +46,7 @@ def test_a_child_that_keeps_failing_gives_up_naming_the_child_and_its_last_error
         asyncio.run(supervise(child, asyncio.Event(), POLICY))
     assert child.starts == 3
     assert str(caught.value) == (
-        "taxiops up stopped: the test child failed 3 times in a row, last: OSError: boom 3"
+        "the test child failed 3 times in a row, last: OSError: boom 3; taxiops up stopped"
     )
 
 
