@@ -122,7 +122,12 @@ def one_run(repo: Path, commit: str, *, hide_uv: bool) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, default=Path("/work/main"))
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="default: this checkout",
+    )
     parser.add_argument("--rev", default="HEAD", help="a revision of --repo (default HEAD)")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument(
