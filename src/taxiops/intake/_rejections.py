@@ -129,5 +129,7 @@ def send_rejection_alerts(
             continue
         if outbox.mark_sent(rejection.id):
             sent += 1
-            logger.info("%s: rejection alert sent (%s)", rejection.path.name, rejection.rule)
+            logger.info(
+                "%s: rejection announced to Prefect (%s)", rejection.path.name, rejection.rule
+            )
     return AlertRound(sent=sent, failed=failed)
