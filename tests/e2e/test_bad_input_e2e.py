@@ -73,8 +73,9 @@ def test_bad_input_is_quarantined_with_its_reason_and_alerted(
     entry = kind.make(service.site.incoming, service.site.staging, month, service.site.seed + index)
 
     kept = service.quarantine / entry.name
+    # The reason file is written first, then the entry moved next to it.
     wait_until(
-        lambda: kept.with_name(kept.name + ".reason.json").exists(),
+        lambda: kept in quarantined_entries(service.quarantine),
         ALERT_TIMEOUT,
         f"{entry.name} ({kind.name}) to be quarantined",
     )

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from flows.train import train_duration_model
 from prefect import flow
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.events import emit_event
+from prefect.events import Event, emit_event
 from prefect.states import Running, State
 
 from taxiops import names
@@ -40,12 +41,12 @@ from taxiops.notify.automations import (
     set_up_alerting,
 )
 from taxiops.notify.dispatch import dispatching
+from taxiops.payloads import DataRejected, MonthMissing
 from taxiops.pipeline.tasks import taxiops_task
 from taxiops.settings import Settings
 from taxiops.tripfile import Month
 
 DELIVERY_TIMEOUT = 60.0
-QUIET_PERIOD = 4.0
 
 
 @pytest.fixture
@@ -68,6 +69,8 @@ def alerting(
     monkeypatch.setenv("TAXIOPS_APPRISE_URLS", inbox.apprise_url)
     monkeypatch.setenv("TAXIOPS_MISSING_DATA_DAYS", str(12 / 86_400))
     monkeypatch.setenv("TAXIOPS_SILENT_RUN_SECONDS", "10")
+    # Each alert on its own, the sentinels of `wait_until_drained` included.
+    monkeypatch.setenv("TAXIOPS_ALERT_STORM_COUNT", "1000")
     configured = Settings()
     asyncio.run(_apply(configured, prefect_server.ui_url))
     with dispatching(configured):
@@ -97,17 +100,48 @@ def messages_about(inbox: SlackInbox, needle: str, endpoint: str = "webhook") ->
 def wait_for_messages(
     inbox: SlackInbox, needle: str, count: int = 1, endpoint: str = "webhook"
 ) -> list[InboxMessage]:
-    """Wait until `count` messages mention `needle`, then a quiet period to catch duplicates."""
+    """Wait until `count` messages mention `needle`, then until a sentinel sent after them
+    arrived (`wait_until_drained`): a duplicate queued before it would have arrived too."""
+    wait_until(
+        inbox,
+        lambda: len(messages_about(inbox, needle, endpoint)) >= count,
+        f"{count} message(s) about {needle!r} at {endpoint}",
+    )
+    wait_until_drained(inbox, endpoint)
+    return messages_about(inbox, needle, endpoint)
+
+
+def wait_until(inbox: SlackInbox, done: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + DELIVERY_TIMEOUT
-    while len(messages_about(inbox, needle, endpoint)) < count:
+    while not done():
         if time.monotonic() > deadline:
             seen = "\n".join(m.describe() for m in inbox.messages)
-            raise TimeoutError(
-                f"{len(messages_about(inbox, needle, endpoint))} of {count} about {needle!r}; inbox:\n{seen}"
-            )
-        time.sleep(0.2)
-    time.sleep(QUIET_PERIOD)
-    return messages_about(inbox, needle, endpoint)
+            raise TimeoutError(f"timed out waiting for {what}; inbox:\n{seen}")
+        time.sleep(0.1)
+
+
+def wait_until_drained(inbox: SlackInbox, endpoint: str) -> None:
+    """Emit a rejection event for a sentinel file and wait for its message at `endpoint`.
+
+    It takes the path every alert takes: the server's trigger and action services (each
+    consumes its queue in order), the notifier block, the outbox, the dispatcher (in order
+    of arrival per channel, storms off in `alerting`). So once it arrived, every alert that
+    was on its way before it was delivered: what has not arrived was never sent.
+    """
+    sentinel = f"sentinel-{uuid.uuid4().hex[:12]}.txt"
+    event = Event(
+        id=uuid.uuid4(),
+        event=names.DATA_REJECTED,
+        resource=names.file_resource(sentinel),
+        payload=DataRejected.for_file(sentinel, "file-name", "sentinel", None, None).model_dump(
+            mode="json"
+        ),
+    )
+    with get_client(sync_client=True) as client:
+        client.request("POST", "/events", json=[event.model_dump(mode="json")])
+    wait_until(
+        inbox, lambda: bool(messages_about(inbox, sentinel, endpoint)), f"the sentinel {sentinel}"
+    )
 
 
 @pytest.fixture
@@ -157,8 +191,6 @@ def test_applying_twice_leaves_one_copy_and_a_changed_file_updates(
 
 
 def test_every_file_loads_as_an_automation(settings: Settings) -> None:
-    import uuid
-
     loaded = load_automations(settings, uuid.uuid4())
     assert {a.name for a in loaded} >= {
         "taxiops / model trained",
@@ -288,7 +320,8 @@ def test_slack_answering_500_then_200_delivers_once(
 
     delivered = wait_for_messages(inbox, summary.flow_run_id or "")
     assert len(delivered) == 1
-    assert inbox.requests_to("webhook") == 2  # the 500, then the retry that landed
+    # The 500, the retry that landed, and the sentinel of `wait_until_drained`.
+    assert inbox.requests_to("webhook") == 3
 
 
 def test_a_missing_month_from_the_schedule_sends_one_message(
@@ -300,7 +333,13 @@ def test_a_missing_month_from_the_schedule_sends_one_message(
             "prefect.resource.id": names.taxi_type_resource_id("yellow"),
             "prefect.resource.name": "yellow",
         },
-        payload={"taxi_type": "yellow", "expected_month": "2031-07", "newest_month": "2031-05"},
+        payload=MonthMissing(
+            taxi_type="yellow",
+            expected_month="2031-07",
+            newest_month="2031-05",
+            days_since=40,
+            folder=str(alerting.incoming_dir),
+        ).model_dump(mode="json"),
     )
 
     missing = wait_for_messages(inbox, "2031-07")
