@@ -46,7 +46,10 @@ $(STAMP): pyproject.toml
 	elif [ ! -x $(BIN)/python ]; then \
 	  $(UV) venv --quiet --python $(PYTHON) $(VENV); \
 	fi
-	$(UV) pip install --quiet --python $(BIN)/python -e '.[dev]'
+	# Bytecode compiled at install (pip does, uv does not by default): where
+	# PYTHONDONTWRITEBYTECODE is set, as on CI, every process would compile Prefect anew
+	# (import prefect: 2.5 s instead of 1.5 s).
+	$(UV) pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 
 clean:

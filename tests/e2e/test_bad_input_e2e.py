@@ -8,6 +8,7 @@ of its own, so the tests do not see each other's files.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.timeout(240)
 
 ALERT_TIMEOUT = 90.0
+WATCHING = "taxiops.intake - watching "
 REJECTED_HEADER = "File rejected"
 
 
@@ -140,3 +142,18 @@ def test_a_file_deleted_right_after_it_landed_alerts_once_and_nothing_is_kept(
     message = next(m for m in service.inbox.messages if m.header == alert)
     assert "file-vanished" in message.describe()
     assert not (service.quarantine / path.name).exists()
+
+
+def test_the_incoming_folder_removed_under_up_is_watched_again(service: Service) -> None:
+    """watchdog stops watching a removed folder; `taxiops up` restarts its watcher, which
+    makes the folder again, and a month dropped into it trains."""
+    shutil.rmtree(service.site.incoming)
+    service.up.wait_for_log("the watcher stopped after", timeout=ALERT_TIMEOUT)
+    wait_until(lambda: service.site.incoming.is_dir(), ALERT_TIMEOUT, "the folder made again")
+    service.up.wait_for_log(WATCHING, timeout=ALERT_TIMEOUT, count=2)
+    service.site.drop("green", "2045-01")
+    wait_until(
+        lambda: any("green 2045-01" in (m.header or "") for m in service.inbox.messages),
+        ALERT_TIMEOUT,
+        "the trained alert of a month dropped into the new folder",
+    )

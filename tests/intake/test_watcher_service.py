@@ -241,6 +241,25 @@ def test_stop_joins_every_thread_it_started(
     assert [t for t in threading.enumerate() if _is_watcher_thread(t)] == []
 
 
+@pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
+def test_a_removed_folder_is_told_as_a_failure(
+    make_service: ServiceFactory,
+    recorder: RecordingSubmitter,
+    watch_settings: Settings,
+    polling: bool,
+) -> None:
+    """watchdog stops watching a folder that is removed; `failure()` says so (and
+    `taxiops up` restarts the watcher on it: tests/e2e/test_bad_input_e2e.py)."""
+    service = make_service(recorder, watch_settings.model_copy(update={"watch_polling": polling}))
+    assert service.failure() is None  # not started
+    with service:
+        assert service.failure() is None
+        shutil.rmtree(watch_settings.incoming_dir)
+        reason = wait_for(service.failure, what="the failure told")
+        assert str(service.folder) in reason
+    assert service.failure() is None  # stopped on purpose
+
+
 def _is_watcher_thread(thread: threading.Thread) -> bool:
     return thread.name.startswith("taxiops-watcher") or type(thread).__module__.startswith(
         "watchdog."

@@ -133,14 +133,16 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    watcher = WatcherService(settings, PrefectSubmitter(api.api_url)) if watch else None
+    watcher = WatcherChild(settings, api.api_url) if watch else None
     if watcher is not None:
-        watcher.start()
+        await watcher.start(stop)
     supervisor = RunnerSupervisor(settings, api.api_url, runner)
     serving = asyncio.create_task(supervisor.serve(stop))
     children: list[asyncio.Task[Any]] = [serving]
     if api.server is not None:
         children.append(asyncio.create_task(supervise(ServerChild(api.server), stop)))
+    if watcher is not None:
+        children.append(asyncio.create_task(supervise(watcher, stop)))
     try:
         if on_ready is not None:
             on_ready(
@@ -160,7 +162,7 @@ async def _serve(
     finally:
         stop.set()
         if watcher is not None:
-            await asyncio.to_thread(watcher.stop)
+            await watcher.astop()
         await supervisor.astop()
         serving.cancel()
         # Not cancelled: a server start in progress runs in a thread; let it finish, so
@@ -199,6 +201,46 @@ class ServerChild:
         if code is not None and -code in signal.valid_signals():
             return f"exited with {code} ({signal.Signals(-code).name})"
         return f"exited with {code}"
+
+
+class WatcherChild:
+    """The watcher as a supervised child: a `WatcherService` that stopped working (see
+    `WatcherService.failure`, e.g. its folder was removed) is stopped and a new one started,
+    which recreates the folder and checks what landed meanwhile."""
+
+    name = "the watcher"
+
+    def __init__(self, settings: Settings, api_url: str, *, poll_every: float = 0.5) -> None:
+        self._settings = settings
+        self._api_url = api_url
+        self._poll_every = poll_every
+        self.service: WatcherService | None = None
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        if self.service is not None and self.service.failure() is None:
+            return True  # the first one, started before the runner; `wait` watches it
+        await self.astop()
+        service = WatcherService(self._settings, PrefectSubmitter(self._api_url))
+        await asyncio.to_thread(service.start)
+        self.service = service
+        if stop.is_set():  # `taxiops up` is stopping: it may have stopped the last one already
+            await self.astop()
+            return False
+        return True
+
+    async def wait(self, stop: asyncio.Event) -> str:
+        while True:
+            failure = None if self.service is None else self.service.failure()
+            if failure is not None:
+                return failure
+            if await stopped_within(stop, self._poll_every):
+                return "stopped"
+
+    async def astop(self) -> None:
+        """Stop the current service and join its threads."""
+        service, self.service = self.service, None
+        if service is not None:
+            await asyncio.to_thread(service.stop)
 
 
 class RunnerSupervisor:

@@ -103,6 +103,21 @@ class WatcherService:
     def is_running(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
 
+    def failure(self) -> str | None:
+        """Why a started service stopped working though no stop was asked (its worker or
+        watchdog's observer thread ended, or watchdog stopped watching the folder, as it
+        does when the folder is removed); None while it works, or before `start()`."""
+        worker, observer = self._worker, self._observer
+        if worker is None or self._stopping.is_set():
+            return None
+        if not worker.is_alive():
+            return "its worker thread ended"
+        if observer is not None and not observer.is_alive():
+            return "watchdog's observer thread ended"
+        if observer is not None and not all(e.is_alive() for e in observer.emitters):
+            return f"watchdog stopped watching {self._folder} (removed or replaced?)"
+        return None
+
     @property
     def uses_polling(self) -> bool:
         """Whether the running observer polls the folder (settings, or no native events)."""
