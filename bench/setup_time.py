@@ -5,8 +5,10 @@ Each run clones `--rev` of `--repo` into a temp folder, gives pip and uv empty c
 incoming folder and a free server port in the temp folder, polls the UI, then Ctrl-Cs the
 demo's process group (SIGKILL after 30 s) and deletes the folder.
 
-    .venv/bin/python bench/setup_time.py --rev 162d56a --runs 2
-    .venv/bin/python bench/setup_time.py --rev h/pkg --runs 2 [--no-uv-on-path]
+    .venv/bin/python bench/setup_time.py --rev 162d56a --rev HEAD --runs 3 [--no-uv-on-path]
+
+Several `--rev`s run interleaved (one run of each, then the next round), so a noisy
+moment of the machine falls on all of them; the last line is the ratio of medians.
 """
 
 from __future__ import annotations
@@ -128,31 +130,47 @@ def main() -> None:
         default=Path(__file__).resolve().parents[1],
         help="default: this checkout",
     )
-    parser.add_argument("--rev", default="HEAD", help="a revision of --repo (default HEAD)")
+    parser.add_argument(
+        "--rev", action="append", help="a revision of --repo; repeat to compare (default HEAD)"
+    )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument(
         "--no-uv-on-path", action="store_true", help="hide uv from PATH (make must bring it in)"
     )
     args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "-C", str(args.repo), "rev-parse", "--verify", f"{args.rev}^{{commit}}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    installs, seconds = [], []
+    revs: list[str] = args.rev or ["HEAD"]
+    commits = {
+        rev: subprocess.run(
+            ["git", "-C", str(args.repo), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        for rev in revs
+    }
+    installs: dict[str, list[float]] = {rev: [] for rev in revs}
+    seconds: dict[str, list[float]] = {rev: [] for rev in revs}
     for number in range(1, args.runs + 1):
-        installed, ready = one_run(args.repo, commit, hide_uv=args.no_uv_on_path)
-        installs.append(installed)
-        seconds.append(ready)
-        print(f"run {number}: venv installed {installed:.1f} s, UI {ready:.1f} s", flush=True)
+        for rev in revs:
+            installed, ready = one_run(args.repo, commits[rev], hide_uv=args.no_uv_on_path)
+            installs[rev].append(installed)
+            seconds[rev].append(ready)
+            print(
+                f"run {number} {rev}: venv installed {installed:.1f} s, UI {ready:.1f} s",
+                flush=True,
+            )
     uv = "hidden" if args.no_uv_on_path else ("on PATH" if shutil.which("uv") else "absent")
-    print(
-        f"setup_time rev={args.rev} ({commit[:7]}), uv {uv}: make demo -> UI HTTP 200 "
-        f"median {statistics.median(seconds):.1f} s, worst {max(seconds):.1f} s, "
-        f"(venv installed: median {statistics.median(installs):.1f} s, worst {max(installs):.1f} s), "
-        f"runs {len(seconds)}"
-    )
+    for rev in revs:
+        print(
+            f"setup_time rev={rev} ({commits[rev][:7]}), uv {uv}: make demo -> UI HTTP 200 "
+            f"median {statistics.median(seconds[rev]):.1f} s, worst {max(seconds[rev]):.1f} s "
+            f"(venv installed: median {statistics.median(installs[rev]):.1f} s, "
+            f"worst {max(installs[rev]):.1f} s), runs {len(seconds[rev])}"
+        )
+    if len(revs) > 1:
+        first, last = revs[0], revs[-1]
+        ratio = statistics.median(seconds[first]) / statistics.median(seconds[last])
+        print(f"setup_time ratio {first} / {last} (median to UI): {ratio:.2f}x")
 
 
 if __name__ == "__main__":
