@@ -38,7 +38,7 @@ def _table(month: Month, seed: int, taxi_type: TaxiType = "green") -> pa.Table:
     )
 
 
-def _land(staging: Path, incoming: Path, name: str, write: Callable[[Path], None]) -> Path:
+def _land(staging: Path, incoming: Path, name: str, write: Callable[[Path], object]) -> Path:
     staging.mkdir(parents=True, exist_ok=True)
     staged = staging / name
     write(staged)

@@ -1,4 +1,5 @@
-"""House rules the suite enforces: ruff lint + format and strict mypy on the package."""
+"""House rules the suite enforces: ruff lint + format, and strict mypy (pydantic plugin) on
+the package, the flows and the tests."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_ruff_format_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_passes_on_the_package() -> None:
+def test_mypy_strict_passes_on_the_package_flows_and_tests() -> None:
     result = _run(str(BIN / "mypy"))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -41,7 +42,7 @@ def test_errors_module_lists_every_taxiops_error() -> None:
         importlib.import_module(module.name)
 
     def subclasses(cls: type) -> set[type]:
-        found = set(cls.__subclasses__())
+        found: set[type] = set(cls.__subclasses__())
         return found.union(*(subclasses(sub) for sub in found))
 
     ours = {c for c in subclasses(errors.TaxiopsError) if c.__module__.startswith("taxiops.")}

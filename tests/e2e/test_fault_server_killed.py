@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from taxiops.app.server import free_port, is_healthy
+from taxiops.intake import LedgerEntry
 from taxiops.notify import SlackInbox
 from tests.e2e.harness import (
     UP_READY,
@@ -53,7 +54,7 @@ def test_server_killed_while_training_is_restarted_and_the_run_accounted_for(
             up.wait_for_log(UP_READY, timeout=STARTUP_TIMEOUT)
             path = site.drop("green", "2023-01", rows=BIG_ROWS)
             run = wait_until(
-                lambda: (runs_by_file(site.api_url, [path])[path] or [None])[-1],
+                lambda: next(reversed(runs_by_file(site.api_url, [path])[path]), None),
                 RUN_TIMEOUT,
                 f"a run of {path.name}",
             )
@@ -83,7 +84,7 @@ def test_server_killed_while_training_is_restarted_and_the_run_accounted_for(
             assert first.state.is_completed() or first.state.is_crashed(), first.state
             ended_after = time.monotonic() - killed_at
 
-            def accounted() -> object:
+            def accounted() -> LedgerEntry | None:
                 entry = site.entry(path)
                 return entry if entry is not None and entry.state.is_finished else None
 

@@ -15,17 +15,17 @@ import pytest
 from taxiops.app.server import free_port
 from taxiops.ml import write_synth_month
 from taxiops.notify import SlackInbox
-from taxiops.tripfile import Month
+from taxiops.tripfile import Month, TaxiType
 
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 120.0
 
 
-def drop(folder: Path, taxi_type: str, month: str, seed: int) -> Path:
+def drop(folder: Path, taxi_type: TaxiType, month: str, seed: int) -> Path:
     """Write a month elsewhere, then move it in: it lands complete, as a copy tool would."""
     staged = write_synth_month(
         folder.parent / "staging", taxi_type, Month.parse(month), rows=3_000, seed=seed
-    )  # type: ignore[arg-type]
+    )
     return staged.rename(folder / staged.name)
 
 

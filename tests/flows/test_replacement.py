@@ -53,7 +53,7 @@ def assert_records_what_it_trained(
 
 @contextmanager
 def replaced_after_first_call(
-    owner: Any, attribute: str, replace: Callable[[], None]
+    owner: Any, attribute: str, replace: Callable[[], object]
 ) -> Iterator[list[int]]:
     """Wrap `owner.attribute` so the file is replaced right after its first call returns
     (yields the calls' count, to check the moment was reached)."""

@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from flows.retrain import RetrainFailedError, monthly_retrain
-from prefect.states import State
+from prefect.client.schemas.objects import State
 
 from taxiops import names
 from taxiops.errors import MissingMonthError

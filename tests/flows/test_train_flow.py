@@ -14,7 +14,7 @@ import pytest
 from flows.train import train_duration_model
 from prefect import flow, get_client
 from prefect.cache_policies import NO_CACHE
-from prefect.states import State
+from prefect.client.schemas.objects import State
 
 from taxiops import names
 from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
@@ -81,7 +81,7 @@ def test_replaced_file_with_same_name_misses_the_cache(
     second = run(months["2023-02"])
 
     states = {t.name: t.state_name for t in task_runs_of(second.flow_run_id or "")}
-    loads = sorted(state for name, state in states.items() if name.startswith("load-month"))
+    loads = sorted(str(state) for name, state in states.items() if name.startswith("load-month"))
     assert loads == ["Cached", "Completed"], states  # January unchanged, February new bytes
     assert second.rmse != first.rmse
     assert second.months[-1].sha256 != first.months[-1].sha256
@@ -98,7 +98,7 @@ def test_worse_challenger_never_replaces_a_better_champion(
     assert not challenger.promoted and challenger.model_version == "v0002"
     assert challenger.champion_version == champion.model_version
     assert challenger.champion_rmse == pytest.approx(champion.rmse)
-    assert challenger.rmse > challenger.champion_rmse
+    assert challenger.champion_rmse is not None and challenger.rmse > challenger.champion_rmse
     assert "worse" in challenger.promotion_reason
     production = ModelRegistry(settings.models_dir).production("green")
     assert production is not None and production.name == champion.model_version

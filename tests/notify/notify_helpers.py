@@ -6,6 +6,7 @@ import io
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from taxiops.notify import (
@@ -142,7 +143,7 @@ def missing_notice(**overrides: object) -> Notice:
     return Notice.model_validate(data)
 
 
-ALL_NOTICES = {
+ALL_NOTICES: dict[str, Callable[[], Notice]] = {
     "succeeded": trained_notice,
     "failed": lambda: failure_notice(NoticeKind.FAILED),
     "crashed": lambda: failure_notice(NoticeKind.CRASHED),

@@ -26,16 +26,17 @@ from flows.train import train_duration_model
 from prefect import flow
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
 from prefect.events import Event, emit_event
-from prefect.states import Running, State
+from prefect.states import Running
 
 from taxiops import names
 from taxiops.app.server import LocalPrefectServer
+from taxiops.errors import AutomationSpecError
 from taxiops.ml import write_synth_month
 from taxiops.notify import InboxMessage, SlackInbox
 from taxiops.notify.automations import (
     AUTOMATIONS_DIR,
-    AutomationSpecError,
     automation_name,
     load_automations,
     set_up_alerting,

@@ -221,7 +221,7 @@ async def test_server_loads_the_block_from_its_document_and_notifies(inbox: Slac
     assert "notify" in block.get_block_capabilities()
     assert block.slack_webhook_url == saved.slack_webhook_url
     with block.raise_on_failure():
-        await block.notify(_notice_body(), subject="s")  # type: ignore[attr-defined]
+        await block.notify(_notice_body(), subject="s")
     assert inbox.wait_for(1)[0].button_urls == [f"{UI_URL}/runs/flow-run/{FLOW_RUN_ID}"]
 
 

@@ -62,6 +62,7 @@ def _flow_run(state_type: StateType = StateType.FAILED, name: str = "Failed") ->
         deployment_id=DEPLOYMENT_ID,
         parameters={"new_file": "data/incoming/green_tripdata_2023-03.parquet", "force": False},
         state=State(type=state_type, name=name, message="from the API"),
+        labels={},
     )
 
 
@@ -127,7 +128,7 @@ def _context(event: ReceivedEvent | None, *, with_objects: bool = True) -> dict[
         "flow_run": _flow_run() if objects else None,
         "flow": Flow(id=FLOW_ID, name="train-duration-model") if objects else None,
         "deployment": (
-            DeploymentResponse(id=DEPLOYMENT_ID, name="on-new-file", flow_id=FLOW_ID)
+            DeploymentResponse(id=DEPLOYMENT_ID, name="on-new-file", flow_id=FLOW_ID, labels={})
             if objects
             else None
         ),

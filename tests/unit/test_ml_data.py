@@ -91,7 +91,7 @@ def test_each_dropped_row_counts_under_one_rule(tmp_path: Path) -> None:
     distance.iloc[[0, 3, 4]] = np.nan
     distance.iloc[[5, 6]] = -1.0
     frame = frame.assign(PULocationID=pu, trip_distance=distance)
-    frame.loc[0, "lpep_dropoff_datetime"] = frame.loc[0, "lpep_pickup_datetime"]
+    frame.loc[[0], "lpep_dropoff_datetime"] = frame.loc[[0], "lpep_pickup_datetime"].to_numpy()
     frame.loc[7, "lpep_pickup_datetime"] = pd.Timestamp("2009-01-01 00:03:25")
     frame.loc[7, "lpep_dropoff_datetime"] = pd.Timestamp("2009-01-01 00:13:25")
     path = tmp_path / "green_tripdata_2021-03.parquet"
