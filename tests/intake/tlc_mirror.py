@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
+
+from taxiops.lifecycle import Lifecycle
 
 PREFIX = "/trip-data/"
 HTML_PAGE = b"<!DOCTYPE html><html><body><h1>Service Unavailable</h1></body></html>\n"
@@ -39,7 +40,7 @@ class Request:
     status: int
 
 
-class TLCMirror:
+class TLCMirror(Lifecycle):
     """A threaded HTTP/1.1 server on a free loopback port; a context manager."""
 
     def __init__(self, folder: Path, *, missing_status: int = 404) -> None:
@@ -70,16 +71,10 @@ class TLCMirror:
         with self._lock:
             return [r for r in self.requests if r.method == "GET" and r.name == name]
 
-    def __enter__(self) -> TLCMirror:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)

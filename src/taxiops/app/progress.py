@@ -7,7 +7,6 @@ import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TextIO
 
 from rich.console import Console
@@ -22,11 +21,12 @@ from rich.progress import (
 )
 
 from taxiops.intake.fetch import FetchResult
+from taxiops.lifecycle import Lifecycle
 
 _TOTAL = "total"
 
 
-class RichFetchProgress(AbstractContextManager["RichFetchProgress"]):
+class RichFetchProgress(Lifecycle):
     """A bar per file and one for the total: bytes, rate, ETA."""
 
     def __init__(self, console: Console | None = None) -> None:
@@ -44,16 +44,12 @@ class RichFetchProgress(AbstractContextManager["RichFetchProgress"]):
         self._done: dict[str, int] = {}
         self._total_task = self._progress.add_task(_TOTAL, total=None)
 
-    def __enter__(self) -> RichFetchProgress:
+    def start(self) -> None:
+        """Start drawing the bars."""
         self._progress.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
+        """Stop drawing, leaving the last frame on the terminal."""
         self._progress.stop()
 
     def started(self, name: str, total: int | None, done: int) -> None:

@@ -15,9 +15,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import httpx
+
+from taxiops.lifecycle import Lifecycle
 
 # A first start migrates a new SQLite database: over a minute on a busy 2-core machine.
 _HEALTH_TIMEOUT_SECONDS = 180.0
@@ -63,7 +64,7 @@ def server_environment(state_dir: Path, host: str, port: int) -> dict[str, str]:
 
 
 @dataclass
-class LocalPrefectServer:
+class LocalPrefectServer(Lifecycle):
     """`prefect server start` in a child process; a context manager."""
 
     state_dir: Path
@@ -143,18 +144,6 @@ class LocalPrefectServer:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-    def __enter__(self) -> LocalPrefectServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def is_healthy(api_url: str) -> bool:

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from watchdog.observers.api import BaseObserver
@@ -32,6 +32,7 @@ from taxiops.intake._ledger import Ledger, LedgerEntry
 from taxiops.intake._outbox import Rejection
 from taxiops.intake._submitter import Submitter
 from taxiops.intake._worker import Counters, WatcherStats, WorkerContext
+from taxiops.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from taxiops.settings import Settings
@@ -42,7 +43,7 @@ _MAX_IDLE_SECONDS = 1.0  # look at the ledger at least this often (other process
 _ERROR_PAUSE_SECONDS = 1.0
 
 
-class WatcherService:
+class WatcherService(Lifecycle):
     """Watches `settings.incoming_dir` and hands each complete month file to Prefect once.
 
     Anything else that lands there (a bad name, a folder, a link out of the folder, a
@@ -207,18 +208,6 @@ class WatcherService:
             finally:
                 if restore_sigterm and previous is not None:
                     signal.signal(signal.SIGTERM, previous)
-
-    def __enter__(self) -> WatcherService:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- worker ---------------------------------------------------------------------------
     def _parts(self, ledger: Ledger) -> tuple[FolderIntake, HandOff]:

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, TextIO, cast
 from urllib.parse import parse_qs
 
 from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.blocks import Block
 
+from taxiops.lifecycle import Lifecycle
 from taxiops.notify.render import BLOCKS_MAX, FIELD_TEXT_MAX
 
 Endpoint = Literal["webhook", "chat.postMessage", "apprise"]
@@ -138,7 +138,7 @@ class ScriptedResponse:
     endpoint: Endpoint | None = None  # None: whichever request comes next
 
 
-class SlackInbox:
+class SlackInbox(Lifecycle):
     """A Slack-compatible webhook server on a background thread; a context manager.
 
     `port=0` picks a free port; read `url` after `start()`.
@@ -198,17 +198,6 @@ class SlackInbox:
         server.server_close()
         if thread is not None:
             thread.join(timeout=5)
-
-    def __enter__(self) -> SlackInbox:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- fault modes --------------------------------------------------------------------
 
