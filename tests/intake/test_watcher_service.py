@@ -260,6 +260,29 @@ def test_a_removed_folder_is_told_as_a_failure(
     assert service.failure() is None  # stopped on purpose
 
 
+def test_taxiops_watch_watches_a_removed_folder_again(
+    make_service: ServiceFactory, recorder: RecordingSubmitter, watch_settings: Settings
+) -> None:
+    """`run_forever()` (`taxiops watch`) restarts a service that stopped working: the new
+    one makes the folder again, and a file dropped into it is handed off."""
+    service = make_service(recorder)
+    runner = threading.Thread(target=service.run_forever, daemon=True)
+    runner.start()
+    wait_for(lambda: service.is_running, what="the service running")
+    shutil.rmtree(watch_settings.incoming_dir)
+    wait_for(
+        lambda: watch_settings.incoming_dir.is_dir() and service.failure() is None,
+        what="the folder made again by a new start",
+    )
+    data = parquet_bytes(17)
+    write_file(watch_settings.incoming_dir / "green_tripdata_2023-10.parquet", data)
+    wait_for(lambda: recorder.calls, what="the hand-off from the new folder")
+    assert recorder.shas() == [sha256(data)]
+    service.request_stop()
+    runner.join(10)
+    assert not runner.is_alive() and not service.is_running
+
+
 def _is_watcher_thread(thread: threading.Thread) -> bool:
     return thread.name.startswith("taxiops-watcher") or type(thread).__module__.startswith(
         "watchdog."

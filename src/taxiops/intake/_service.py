@@ -81,7 +81,8 @@ class WatcherService(Lifecycle):
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._ledger: Ledger | None = None
         self._lifecycle = threading.Lock()
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # tells the threads to end
+        self._asked_to_stop = threading.Event()  # `request_stop()`: ends `run_forever()`
         self._wake = threading.Event()
         self._observer: BaseObserver | None = None
         self._worker: threading.Thread | None = None
@@ -155,6 +156,10 @@ class WatcherService(Lifecycle):
 
     def request_stop(self) -> None:
         """Ask the service to stop; safe from signal handlers and other threads."""
+        self._asked_to_stop.set()
+        self._end_threads()
+
+    def _end_threads(self) -> None:
         self._stopping.set()
         self._wake.set()
 
@@ -165,7 +170,7 @@ class WatcherService(Lifecycle):
         (a hand-off stuck on an unresponsive API).
         """
         with self._lifecycle:
-            self.request_stop()
+            self._end_threads()
             observer, worker = self._observer, self._worker
             threads: list[threading.Thread] = []
             if observer is not None:
@@ -187,7 +192,9 @@ class WatcherService(Lifecycle):
                 logger.info("stopped watching %s", self._folder)
 
     def run_forever(self) -> None:
-        """Start, block until `request_stop()`, Ctrl-C or SIGTERM, then stop."""
+        """Start, block until `request_stop()`, Ctrl-C or SIGTERM, then stop. A service that
+        stops working meanwhile (`failure()`, e.g. its folder was removed) is stopped and
+        started again, which makes the folder anew; a start that fails raises."""
         restore_sigterm = threading.current_thread() is threading.main_thread()
         if restore_sigterm:
             previous = signal.getsignal(signal.SIGTERM)
@@ -196,10 +203,15 @@ class WatcherService(Lifecycle):
                 self.request_stop()
 
             signal.signal(signal.SIGTERM, _on_sigterm)
+        self._asked_to_stop.clear()
         self.start()
         try:
-            while not self._stopping.wait(1.0):
-                pass
+            while not self._asked_to_stop.wait(1.0):
+                failure = self.failure()
+                if failure is not None:
+                    logger.warning("%s; watching it again", failure)
+                    self.stop()
+                    self.start()
         except KeyboardInterrupt:
             logger.info("interrupted")
         finally:
