@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +130,56 @@ def test_train_json_and_status_from_outside_the_checkout(
     assert 0 < summary["rmse"] < 20 and summary["train_rows"] > 0
     status = _run([wheel.taxiops, "status"], cwd=wheel.workdir, env=env)
     assert "green: production v0001" in status
+
+
+def test_up_serves_and_trains_a_dropped_month_from_outside_the_checkout(
+    wheel: InstalledWheel,
+) -> None:
+    """`taxiops up` from the wheel, with its own embedded server: its runner's flow-run
+    processes load the flow from the installed package (a wheel without `flows/` failed
+    there with `ScriptError: ... flows/train.py`)."""
+    from taxiops.app.server import free_port
+    from taxiops.intake import FileState, Ledger
+
+    incoming = wheel.workdir / "up-incoming"
+    env = wheel.environment(
+        TAXIOPS_HOME=str(wheel.workdir / "up-home"),
+        TAXIOPS_INCOMING_DIR=str(incoming),
+        TAXIOPS_SERVER_PORT=str(free_port()),
+    )
+    log_path = wheel.workdir / "up.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [wheel.taxiops, "up"], cwd=wheel.workdir, env=env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait(lambda: "taxiops is up" in log_path.read_text(), 180, "taxiops up", process, log_path)
+        staging = wheel.workdir / "up-staging"
+        _run([wheel.taxiops, "synth", str(staging), "--month", "2023-03"], cwd=wheel.workdir)
+        (staged,) = staging.glob("*.parquet")
+        staged.rename(incoming / staged.name)
+        ledger = Ledger(wheel.workdir / "up-home" / "ledger.sqlite3")
+        _wait(
+            lambda: [e.state for e in ledger.entries()] == [FileState.SUCCEEDED],
+            180,
+            "the dropped month trained",
+            process,
+            log_path,
+        )
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait(
+    done: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen[bytes], log: Path
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no {what} (exit {process.returncode}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
