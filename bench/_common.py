@@ -34,9 +34,10 @@ def real_month(name: str) -> Path:
 
 
 @contextmanager
-def isolated_taxiops(months: list[str]) -> Iterator[Path]:
-    """A temp TAXIOPS_HOME and incoming folder holding copies of `months`, and a real local
-    Prefect server (unless PREFECT_API_URL is set); yields the incoming folder."""
+def isolated_taxiops(months: list[str], source: Path | None = None) -> Iterator[Path]:
+    """A temp TAXIOPS_HOME and incoming folder holding copies of `months` (from `source`, by
+    default ../shared/data), and a real local Prefect server (unless PREFECT_API_URL is
+    set); yields the incoming folder."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from taxiops.app.server import LocalPrefectServer, free_port
@@ -45,7 +46,7 @@ def isolated_taxiops(months: list[str]) -> Iterator[Path]:
     incoming = root / "incoming"
     incoming.mkdir()
     for name in months:
-        shutil.copy(real_month(name), incoming / name)
+        shutil.copy(real_month(name) if source is None else source / name, incoming / name)
     os.environ.update(TAXIOPS_HOME=str(root / "home"), TAXIOPS_INCOMING_DIR=str(incoming))
     server = None
     try:

@@ -31,7 +31,7 @@ from prefect.states import Failed
 from taxiops import ml, names
 from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
 from taxiops.intake.quarantine import QuarantinedFile, quarantine
-from taxiops.payloads import DataRejected, ModelTrained
+from taxiops.payloads import DataDrift, DataRejected, ModelTrained
 from taxiops.pipeline import tasks
 from taxiops.pipeline.lineage import FingerprintedFile, MonthBytes, MonthData
 from taxiops.pipeline.report import MonthRows, TrainingSummary, registry_table, render_markdown
@@ -237,6 +237,7 @@ def _train(
         )
         train_months = [train_part]
 
+    drift = steps.run(tasks.check_drift, train_months, validation, settings.drift_psi_threshold)
     challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())
     metrics: ml.Metrics = steps.run(tasks.evaluate_challenger, challenger, validation)
     chart = steps.run(tasks.plot_predictions, challenger, validation)
@@ -246,6 +247,7 @@ def _train(
     champion = steps.run(tasks.evaluate_champion, ref, registry.champion_for(version), validation)
     promotion = steps.run(tasks.promote_if_better, ref, version, metrics, champion, validation)
 
+    new_month = loaded[-1].trips.report
     summary = TrainingSummary(
         taxi_type=target.trip.taxi_type,
         month=str(target.trip.month),
@@ -262,6 +264,15 @@ def _train(
         champion_version=None if champion.version is None else champion.version.name,
         champion_rmse=None if champion.metrics is None else champion.metrics.rmse,
         champion_mae=None if champion.metrics is None else champion.metrics.mae,
+        champion_own_rmse=None
+        if champion.version is None
+        else champion.version.card.metrics["rmse"],
+        rows_read=new_month.rows_read,
+        rows_kept=new_month.rows_kept,
+        null_shares={name: round(share, 6) for name, share in new_month.null_shares.items()},
+        drift_psi=drift.psi,
+        drifted=drift.drifted,
+        drift_threshold=drift.threshold,
         seconds=0.0,
         flow_run_id=flow_run.get_id(),
         cached_tasks=steps.cached,
@@ -304,6 +315,28 @@ def _publish(settings: Settings, summary: TrainingSummary, chart_uri: str) -> No
             mode="json"
         ),
     )
+    if summary.drifted:
+        get_run_logger().warning(
+            "%s %s drifted from %s: %s",
+            summary.taxi_type,
+            summary.month,
+            ", ".join(summary.train_months),
+            ", ".join(f"{name} (PSI {summary.drift_psi[name]:.3f})" for name in summary.drifted),
+        )
+        emit_event(
+            event=names.DATA_DRIFT,
+            resource=names.month_resource(summary.taxi_type, summary.month, summary.file),
+            payload=DataDrift(
+                taxi_type=summary.taxi_type,
+                month=summary.month,
+                file=summary.file,
+                train_months=summary.train_months,
+                psi=summary.drift_psi,
+                drifted=summary.drifted,
+                threshold=summary.drift_threshold,
+                flow_run_id=summary.flow_run_id,
+            ).model_dump(mode="json"),
+        )
 
 
 def _read(settings: Settings, path: str | Path, read: list[FingerprintedFile]) -> MonthBytes:

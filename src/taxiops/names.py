@@ -6,6 +6,7 @@ from __future__ import annotations
 # --- Prefect events -------------------------------------------------------------
 DATA_ARRIVED = "taxiops.data.arrived"
 DATA_REJECTED = "taxiops.data.rejected"
+DATA_DRIFT = "taxiops.data.drift"
 MODEL_TRAINED = "taxiops.model.trained"
 MONTH_MISSING = "taxiops.month.missing"
 ALERT_UNDELIVERABLE = "taxiops.alert.undeliverable"

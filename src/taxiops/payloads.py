@@ -87,6 +87,27 @@ class ModelTrained(_Payload):
     champion_rmse: float | None
     champion_mae: float | None
     seconds: float
+    champion_own_rmse: float | None = None
+    rows_read: int | None = None
+    rows_kept: int | None = None
+    null_shares: dict[str, float] = {}
+    drift_psi: dict[str, float] = {}
+    drifted: list[str] = []
+    drift_threshold: float | None = None
+
+
+class DataDrift(_Payload):
+    """A new month's features drifted from the training months': PSI per feature, and the
+    features at or past the threshold, most drifted first."""
+
+    taxi_type: str
+    month: str
+    file: str
+    train_months: list[str]
+    psi: dict[str, float]
+    drifted: list[str]
+    threshold: float
+    flow_run_id: str | None
 
 
 class MonthMissing(_Payload):
@@ -103,6 +124,7 @@ class MonthMissing(_Payload):
 PAYLOAD_BY_EVENT: Mapping[str, type[_Payload]] = {
     names.DATA_ARRIVED: DataArrived,
     names.DATA_REJECTED: DataRejected,
+    names.DATA_DRIFT: DataDrift,
     names.MODEL_TRAINED: ModelTrained,
     names.MONTH_MISSING: MonthMissing,
 }

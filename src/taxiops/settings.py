@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         le=1,
         description="Reject a file when more than this share of pickups fall outside its month.",
     )
+    drift_psi_threshold: float = Field(
+        0.1,
+        gt=0,
+        description="A feature whose PSI against the training months reaches this has drifted "
+        "(the success alert says so; a taxiops.data.drift event is emitted).",
+    )
 
     # --- retries -----------------------------------------------------------
     task_retries: int = Field(3, ge=0, description="Retries of a task after a transient fault.")

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,13 @@ from taxiops.registry import ModelRegistry
 from taxiops.settings import Settings
 from taxiops.tripfile import Month, sha256_of
 
-from .conftest import artifact_keys_of, task_runs_of
+from .conftest import artifact_keys_of, events_since, task_runs_of, wait_for
 
 JSON_KEYS = {
     "rmse", "mae", "train_rows", "val_rows", "model_version", "promoted",
     "champion_rmse", "seconds", "flow_run_id", "cached_tasks",
 }  # fmt: skip
+DRIFT_FEATURES = {"trip_distance", "duration", "pickup hour", "PULocationID", "DOLocationID"}
 
 
 def run(new_file: Path, train_files: list[Path] | None = None) -> TrainingSummary:
@@ -296,3 +298,31 @@ def test_the_report_shows_predicted_against_actual_minutes(
     cells = [e for e in svg.iter("{http://www.w3.org/2000/svg}rect") if e.find("*") is not None]
     trips = sum(int(e[0].text.split()[0]) for e in cells if e[0].text)
     assert trips == summary.val_rows  # every validation trip is in the chart
+
+
+def test_a_shifted_month_is_reported_as_drift_and_announced(
+    settings: Settings, months: dict[str, Path]
+) -> None:
+    import pandas as pd
+
+    since = datetime.now(UTC)
+    steady = run(months["2023-02"])
+    assert steady.drifted == [] and set(steady.drift_psi) == DRIFT_FEATURES
+    assert steady.rows_read >= steady.rows_kept > 0 and set(steady.null_shares)
+
+    march = settings.incoming_dir / "green_tripdata_2023-03.parquet"
+    staged = write_synth_month(settings.home, "green", Month(2023, 3), rows=6_000, seed=9)
+    frame = pd.read_parquet(staged)
+    frame["trip_distance"] *= 1.8  # the same trips, much longer
+    frame.to_parquet(march, index=False)
+    shifted = run(march, train_files=[months["2023-02"]])
+
+    assert "trip_distance" in shifted.drifted
+    assert shifted.drift_psi["trip_distance"] >= shifted.drift_threshold
+    assert shifted.champion_own_rmse == pytest.approx(steady.rmse)
+    resource = names.month_resource_id("green", "2023-03")
+    [event] = wait_for(
+        lambda: events_since(since, resource, names.DATA_DRIFT), what="the drift event"
+    )
+    assert event.payload["drifted"] == shifted.drifted
+    assert event.payload["flow_run_id"] == shifted.flow_run_id

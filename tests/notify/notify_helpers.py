@@ -53,12 +53,21 @@ def inbox_output(inbox: SlackInbox) -> str:
     return stream.getvalue()
 
 
-def trained_notice(**overrides: object) -> Notice:
+def trained_notice(drifted: bool = False, **overrides: object) -> Notice:
+    psi = {"trip_distance": 0.004, "duration": 0.003, "pickup hour": 0.002}
+    if drifted:
+        psi.update(trip_distance=0.27, duration=0.17)
     facts = ModelTrained(
         taxi_type="green",
         month="2023-03",
         file="green_tripdata_2023-03.parquet",
+        rows_read=55_000,
         rows_kept=54_321,
+        null_shares={"lpep_pickup_datetime": 0.0, "trip_distance": 0.0125},
+        drift_psi=psi,
+        drifted=["trip_distance", "duration"] if drifted else [],
+        drift_threshold=0.1,
+        champion_own_rmse=5.3,
         train_rows=43_000,
         val_rows=11_321,
         model_version="v12",
@@ -145,6 +154,7 @@ def missing_notice(**overrides: object) -> Notice:
 
 ALL_NOTICES: dict[str, Callable[[], Notice]] = {
     "succeeded": trained_notice,
+    "drifted": lambda: trained_notice(drifted=True),
     "failed": lambda: failure_notice(NoticeKind.FAILED),
     "crashed": lambda: failure_notice(NoticeKind.CRASHED),
     "timed_out": lambda: failure_notice(NoticeKind.TIMED_OUT),

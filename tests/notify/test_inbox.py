@@ -46,7 +46,7 @@ def test_good_block_kit_message_is_stored_logged_and_printed(inbox: SlackInbox) 
     printed = inbox_output(inbox)
     assert "New champion: green 2023-03" in printed
     assert "  File: green_tripdata_2023-03.parquet" in printed
-    assert "  Rows kept: 54,321" in printed
+    assert "  Rows read / kept: 55,000 / 54,321" in printed
     assert f"[Open flow run in Prefect] {UI_URL}/runs/flow-run/{FLOW_RUN_ID}" in printed
     assert "*" not in printed and "`" not in printed, "mrkdwn markup should be stripped"
     assert inbox.token not in printed

@@ -80,7 +80,7 @@ def test_succeeded_shows_metrics_promotion_and_duration() -> None:
     assert message.blocks[0]["text"]["text"] == "\U0001f3c6 New champion: green 2023-03"
     assert _fields(notice) == {
         "File": "`green_tripdata_2023-03.parquet`",
-        "Rows kept": "54,321",
+        "Rows read / kept": "55,000 / 54,321",
         "Rows train / validation": "43,000 / 11,321",
         "RMSE challenger vs champion": "5.420 vs 5.610 (\u22120.190)",
         "MAE challenger vs champion": "3.900 vs 4.000 (\u22120.100)",
@@ -88,6 +88,7 @@ def test_succeeded_shows_metrics_promotion_and_duration() -> None:
         "Champion before": "`v11`",
         "Promoted": "yes",
         "Duration": "1 min 23 s",
+        "Largest drift (PSI)": "0.004 (trip_distance)",
     }
     summary = message.blocks[1]["text"]["text"]
     assert summary.startswith("*Promoted*: `v12` is the new champion, replacing `v11`.")
@@ -313,8 +314,8 @@ def test_notices_read_the_fields_the_payload_models_send() -> None:
 
     assert set(DATA_REJECTED_KEYS) == set(payloads.DataRejected.model_fields)
     assert set(MONTH_MISSING_KEYS) == set(payloads.MonthMissing.model_fields)
-    # `path` and `rows_kept` are optional extras no emitter sends today.
-    read = set(MODEL_TRAINED_KEYS) - {"path", "rows_kept"}
+    # `path` is an optional extra no emitter sends today.
+    read = set(MODEL_TRAINED_KEYS) - {"path"}
     assert read == set(payloads.ModelTrained.model_fields)
     assert read <= set(TrainingSummary.model_fields), "the trained payload drifted from its summary"
 
@@ -353,3 +354,19 @@ def test_the_rejection_payload_flows_and_watcher_send_renders_every_fact() -> No
     body = render_plain(notice).body
     assert "they span 2023-02-01 .. 2023-02-28" in body
     assert "What to do: check the file holds the month its name says" in body
+
+
+def test_a_drifted_month_says_drift_first_and_names_features_with_their_psi() -> None:
+    drifted = render_slack(trained_notice(drifted=True))
+    assert "drift" in drifted.blocks[0]["text"]["text"]
+    summary = str(drifted.blocks)
+    assert "*Drift*" in summary and "trip_distance (PSI 0.27)" in summary
+    assert "duration (PSI 0.17)" in summary and "threshold 0.1" in summary
+    assert "Largest drift (PSI)" in summary and "0.270 (trip_distance)" in summary
+    assert "Missing values: trip_distance 1.2%" in summary
+    assert "Champion RMSE 5.610 on this month vs 5.300 on its own" in summary
+    assert render_plain(trained_notice(drifted=True)).level == "warning"
+
+    steady = render_slack(trained_notice())
+    assert "drift" not in steady.blocks[0]["text"]["text"] and "*Drift*" not in str(steady.blocks)
+    assert "0.004 (trip_distance)" in str(steady.blocks)

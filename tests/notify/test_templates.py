@@ -223,6 +223,13 @@ async def test_trained_template_reads_the_training_summary_payload() -> None:
         champion_rmse=5.61,
         champion_mae=4.0,
         seconds=12.5,
+        champion_own_rmse=5.5,
+        rows_read=45_000,
+        rows_kept=44_000,
+        null_shares={"trip_distance": 0.01},
+        drift_psi={"trip_distance": 0.21, "duration": 0.02},
+        drifted=["trip_distance"],
+        drift_threshold=0.1,
     ).model_dump(mode="json")
     notice = await _render(
         TRAINED_BODY_TEMPLATE, _context(_custom_event(names.MODEL_TRAINED, payload))

@@ -107,6 +107,15 @@ def test_each_dropped_row_counts_under_one_rule(tmp_path: Path) -> None:
     assert dropped[MISSING_DISTANCE] == 2
     assert dropped[NEGATIVE_DISTANCE] == 2
     assert trips.frame["PULocationID"].dtype == np.int32
+    # Missing values are counted per column before any rule (row 0 lacks two of them).
+    assert trips.report.nulls == {
+        "lpep_pickup_datetime": 0,
+        "lpep_dropoff_datetime": 0,
+        "PULocationID": 3,
+        "DOLocationID": 0,
+        "trip_distance": 3,
+    }
+    assert trips.report.null_shares["trip_distance"] == pytest.approx(3 / 1_000)
 
 
 def test_newer_narrow_integer_layout_is_accepted(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Pure ML for trip durations: pandas, pyarrow, XGBoost. No Prefect here.
 
-load_trips -> split_by_pickup_time -> train_model -> evaluate -> DurationModel.save
+load_trips -> split_by_pickup_time -> train_model -> evaluate -> DurationModel.save;
+compare_months tells the drift of a new month against the training months.
 
 Names load on first use (PEP 562): pandas and XGBoost take about half a second to
 import, and a flow run should report Running before it pays for them.
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from taxiops.ml.data import PreparedTrips, PrepareReport, load_trips, split_by_pickup_time
+    from taxiops.ml.drift import DriftReport, compare_months
     from taxiops.ml.metrics import Metrics, evaluate
     from taxiops.ml.model import DurationModel, TrainingParams, train_model
     from taxiops.ml.plots import predicted_vs_actual_svg
@@ -23,6 +25,8 @@ _HOME = {
     "PrepareReport": "data",
     "load_trips": "data",
     "split_by_pickup_time": "data",
+    "DriftReport": "drift",
+    "compare_months": "drift",
     "Metrics": "metrics",
     "evaluate": "metrics",
     "DurationModel": "model",
@@ -43,11 +47,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DriftReport",
     "DurationModel",
     "Metrics",
     "PrepareReport",
     "PreparedTrips",
     "TrainingParams",
+    "compare_months",
     "evaluate",
     "load_trips",
     "predicted_vs_actual_svg",

@@ -9,7 +9,7 @@ rule: the first it breaks, in the order the rule names are listed below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +51,18 @@ def duration_rule_names(min_minutes: float, max_minutes: float) -> tuple[str, st
 
 @dataclass(frozen=True)
 class PrepareReport:
-    """What happened to a file's rows: `rows_read == sum(dropped.values()) + rows_kept`."""
+    """What happened to a file's rows: `rows_read == sum(dropped.values()) + rows_kept`;
+    `nulls` counts the missing values of each column read, before any rule."""
 
     rows_read: int
     dropped: dict[str, int]
     rows_kept: int
+    nulls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def null_shares(self) -> dict[str, float]:
+        """The share of rows read missing each column (0 to 1)."""
+        return {name: count / max(self.rows_read, 1) for name, count in self.nulls.items()}
 
     @property
     def rows_dropped(self) -> int:
@@ -155,7 +162,16 @@ def load_trips(
         dropped[rule] = int(hit.sum())
         keep &= ~hit
 
-    report = PrepareReport(rows_read=len(keep), dropped=dropped, rows_kept=int(keep.sum()))
+    nulls = {
+        columns.pickup: int((pickup_i8 == nat).sum()),
+        columns.dropoff: int((dropoff_i8 == nat).sum()),
+        PU_LOCATION: int(np.isnan(pu).sum()),
+        DO_LOCATION: int(np.isnan(do).sum()),
+        TRIP_DISTANCE: int(np.isnan(distance).sum()),
+    }
+    report = PrepareReport(
+        rows_read=len(keep), dropped=dropped, rows_kept=int(keep.sum()), nulls=nulls
+    )
     if report.rows_kept == 0:
         raise DataValidationError(
             path,

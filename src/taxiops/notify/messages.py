@@ -61,7 +61,7 @@ class ModelTrained(_Facts):
     """Payload of `taxiops.model.trained`: a challenger was trained and judged.
 
     The names are those of `taxiops.pipeline.report.TrainingSummary`, whose JSON dump the
-    train flow emits; `rows_kept` and `path` are optional extras. Metrics are in
+    train flow emits; `path` is an optional extra. Metrics are in
     minutes of trip duration on the validation month; `rmse`/`mae` are the challenger's.
     """
 
@@ -81,6 +81,12 @@ class ModelTrained(_Facts):
     champion_rmse: float | None = None
     champion_mae: float | None = None
     seconds: float | None = None
+    champion_own_rmse: float | None = None
+    rows_read: int | None = None
+    null_shares: dict[str, float] | None = None
+    drift_psi: dict[str, float] | None = None
+    drifted: list[str] | None = None
+    drift_threshold: float | None = None
 
 
 class RunFailure(_Facts):

@@ -240,9 +240,17 @@ def _trained_layout(facts: ModelTrained, fmt: _Format) -> _Layout:
         if facts.train_rows is not None or facts.val_rows is not None
         else None
     )
+    if facts.drifted:
+        title = f"{title} \u00b7 drift"
+        summary = f"{_drift_line(facts, fmt)} {summary}".strip()
+    read_kept = (
+        f"{_count(facts.rows_read)} / {_count(facts.rows_kept)}"
+        if facts.rows_read is not None and facts.rows_kept is not None
+        else None
+    )
     fields = _fields(
         ("File", _code_or_none(facts.file or _file_name(facts.path), fmt)),
-        ("Rows kept", _count(facts.rows_kept)),
+        ("Rows read / kept", read_kept) if read_kept else ("Rows kept", _count(facts.rows_kept)),
         ("Rows train / validation", split),
         ("RMSE challenger vs champion", _versus(facts.rmse, facts.champion_rmse)),
         ("MAE challenger vs champion", _versus(facts.mae, facts.champion_mae)),
@@ -250,13 +258,46 @@ def _trained_layout(facts: ModelTrained, fmt: _Format) -> _Layout:
         ("Champion before", _code_or_none(facts.champion_version, fmt)),
         ("Promoted", _yes_no(facts.promoted)),
         ("Duration", _duration(facts.seconds)),
+        ("Largest drift (PSI)", _largest_drift(facts.drift_psi)),
     )
     return _Layout(
         title=f"{title}: {subject}" if subject else title,
-        level="success",
+        level="warning" if facts.drifted else "success",
         summary=summary,
         fields=fields,
+        note=_quality_note(facts),
     )
+
+
+def _drift_line(facts: ModelTrained, fmt: _Format) -> str:
+    psi = facts.drift_psi or {}
+    named = ", ".join(f"{name} (PSI {psi.get(name, math.nan):.2f})" for name in facts.drifted or [])
+    threshold = f" (threshold {facts.drift_threshold:g})" if facts.drift_threshold else ""
+    return f"\u26a0\ufe0f {fmt.bold('Drift')} from the training months{threshold}: {named}."
+
+
+def _largest_drift(psi: dict[str, float] | None) -> str | None:
+    if not psi:
+        return None
+    name, value = max(psi.items(), key=lambda item: item[1])
+    return f"{value:.3f} ({name})"
+
+
+def _quality_note(facts: ModelTrained) -> str:
+    """Missing values of the new month and the champion's decay, when known."""
+    parts = []
+    missing = {name: share for name, share in (facts.null_shares or {}).items() if share > 0}
+    if facts.null_shares is not None:
+        parts.append(
+            "Missing values: "
+            + (", ".join(f"{name} {share:.1%}" for name, share in missing.items()) or "none")
+        )
+    if facts.champion_own_rmse is not None and facts.champion_rmse is not None:
+        parts.append(
+            f"Champion RMSE {_number(facts.champion_rmse)} on this month vs "
+            f"{_number(facts.champion_own_rmse)} on its own"
+        )
+    return " \u00b7 ".join(parts)
 
 
 def _failure_layout(notice: Notice, facts: RunFailure, fmt: _Format) -> _Layout:

@@ -38,6 +38,13 @@ class TrainingSummary(BaseModel):
     champion_version: str | None
     champion_rmse: float | None
     champion_mae: float | None
+    champion_own_rmse: float | None = None  # the champion's RMSE on its own validation month
+    rows_read: int = 0  # of the new month, before the data rules
+    rows_kept: int = 0
+    null_shares: dict[str, float] = {}  # of the new month's columns read, before the rules
+    drift_psi: dict[str, float] = {}  # per feature, the new month against the training months
+    drifted: list[str] = []  # features with PSI >= drift_threshold, most drifted first
+    drift_threshold: float = 0.1
     seconds: float
     flow_run_id: str | None
     cached_tasks: int
@@ -84,9 +91,35 @@ def render_markdown(summary: TrainingSummary, chart_uri: str | None = None) -> s
             f"| {month.month} | `{month.file}` | {month.rows_read:,} | {month.rows_kept:,} "
             f"| {dropped or 'none'} |"
         )
+    lines += _quality_and_drift(summary)
     if chart_uri is not None:
         lines += ["", "## Predicted vs actual minutes", "", f"![predicted vs actual]({chart_uri})"]
     return "\n".join(lines) + "\n"
+
+
+def _quality_and_drift(summary: TrainingSummary) -> list[str]:
+    """Nulls of the new month, its drift from the training months, the champion's decay."""
+    lines = ["", f"## Data quality and drift of {summary.month}", ""]
+    if summary.drifted:
+        lines += [
+            f"**Drift** in {', '.join(summary.drifted)}: PSI at or past "
+            f"{summary.drift_threshold:g} against {', '.join(summary.train_months)}.",
+            "",
+        ]
+    else:
+        lines += [f"No drift: every PSI below {summary.drift_threshold:g}.", ""]
+    lines += ["| feature | PSI |", "|---|---:|"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in summary.drift_psi.items()]
+    lines += ["", "| column | missing |", "|---|---:|"]
+    lines += [f"| {name} | {share:.2%} |" for name, share in summary.null_shares.items()]
+    if summary.champion_own_rmse is not None and summary.champion_rmse is not None:
+        lines += [
+            "",
+            f"Champion {summary.champion_version}: RMSE {summary.champion_rmse:.3f} on "
+            f"{summary.month} against {summary.champion_own_rmse:.3f} on its own validation "
+            f"month ({summary.champion_rmse - summary.champion_own_rmse:+.3f}).",
+        ]
+    return lines
 
 
 def registry_table(registry: ModelRegistry, taxi_type: str) -> list[dict[str, Any]]:

@@ -178,6 +178,14 @@ def load_month(
     return MonthData(file=content.file, trips=trips, part="all", rules=rules)
 
 
+@taxiops_task("check-drift")
+def check_drift(
+    train_months: list[MonthData], month: MonthData, threshold: float
+) -> ml.DriftReport:
+    """PSI of `month`'s features against the training months' (`taxiops.ml.drift`)."""
+    return ml.compare_months([m.trips.frame for m in train_months], month.trips.frame, threshold)
+
+
 @taxiops_task("split-by-pickup-time")
 def split_month(month: MonthData, validation_fraction: float) -> tuple[MonthData, MonthData]:
     """Split a month by pickup day: the last days validate, the rest train."""
