@@ -106,6 +106,7 @@ def test_up_trains_dropped_files_alerts_and_stops_cleanly(
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
     assert "taxiops stopped." in log_path.read_text()
+    assert "Error logging to API" not in log_path.read_text()  # flushed before the server stops
     wait_for(lambda: not group_alive(process.pid), 15, "every child of taxiops up to exit")
 
 

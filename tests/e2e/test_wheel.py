@@ -146,6 +146,8 @@ def test_up_serves_and_trains_a_dropped_month_from_outside_the_checkout(
         TAXIOPS_HOME=str(wheel.workdir / "up-home"),
         TAXIOPS_INCOMING_DIR=str(incoming),
         TAXIOPS_SERVER_PORT=str(free_port()),
+        # The monthly schedule (06:00 on the 2nd) must not start a run of its own in here.
+        TAXIOPS_SCHEDULE_CRON="0 6 1 1 *",
     )
     log_path = wheel.workdir / "up.log"
     with log_path.open("w") as log:
@@ -168,7 +170,9 @@ def test_up_serves_and_trains_a_dropped_month_from_outside_the_checkout(
             log_path,
         )
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+        _wait(lambda: process.poll() is not None, 90, "exit after Ctrl-C", process, log_path)
+        assert process.returncode == 0, log_path.read_text()[-3000:]
+        assert "Error logging to API" not in log_path.read_text()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

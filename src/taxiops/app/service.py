@@ -89,8 +89,21 @@ def prefect_api(settings: Settings) -> Iterator[PrefectApi]:
                 api_url=server.api_url, ui_url=server.ui_url, local=True, server=server
             )
     finally:
+        flush_to_api()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def flush_to_api(timeout: float = 10.0) -> None:
+    """Send the logs and events this process still holds (the runner's last lines about the
+    runs it cancelled, say) while the local server still answers; left to the exit, they
+    meet a stopped server and Prefect retries them for a while, then prints
+    "Error logging to API"."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)
 
 
 def run_service(
