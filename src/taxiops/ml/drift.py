@@ -5,8 +5,8 @@ of the reference (training) months with the new month's: sum((a - e) * ln(a / e)
 deciles of the reference for trip distance and duration, the 24 hours for the pickup hour,
 and for each zone column the reference's 20 busiest zones plus one bin for all others.
 Shares are floored at 0.0001, so an empty bin does not make it infinite. Each side is
-read at up to `SAMPLE_ROWS` evenly spread rows. Evidently's
-default threshold, 0.1, marks a feature as drifted.
+read at up to `SAMPLE_ROWS` evenly spread rows. A feature whose PSI reaches the threshold
+has drifted (default 0.1, Evidently's; `TAXIOPS_DRIFT_PSI_THRESHOLD` in a run).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from taxiops.ml.schema import DO_LOCATION, PU_LOCATION, TRIP_DISTANCE
 DRIFT_THRESHOLD = 0.1
 PICKUP_HOUR = "pickup hour"
 DURATION = "duration"
-SAMPLE_ROWS = 500_000  # per side; the shares of a bin then err by about 0.001
+SAMPLE_ROWS = 500_000  # per side; a bin's share then errs by well under 0.001
 _DECILES = np.linspace(0.0, 1.0, 11)[1:-1]
 _TOP_ZONES = 20
 _FLOOR = 1e-4
