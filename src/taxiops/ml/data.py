@@ -139,7 +139,14 @@ def load_trips(
     nat = np.iinfo(np.int64).min
     pickup_i8 = pickup.view(np.int64)
     dropoff_i8 = dropoff.view(np.int64)
-    missing_time = (pickup_i8 == nat) | (dropoff_i8 == nat)
+    missing = {  # each column read, before any rule: counted in the report, used by the rules
+        columns.pickup: pickup_i8 == nat,
+        columns.dropoff: dropoff_i8 == nat,
+        PU_LOCATION: np.isnan(pu),
+        DO_LOCATION: np.isnan(do),
+        TRIP_DISTANCE: np.isnan(distance),
+    }
+    missing_time = missing[columns.pickup] | missing[columns.dropoff]
     minutes = (dropoff_i8 - pickup_i8).astype(np.float64) / _US_PER_MINUTE
     too_short, too_long = duration_rule_names(min_minutes, max_minutes)
 
@@ -149,7 +156,7 @@ def load_trips(
         _check_month_share(path, trip_file.month, pickup, outside, max_outside_month_share)
         checks.append((PICKUP_OUTSIDE_MONTH, outside))
     checks += [
-        (MISSING_LOCATION, np.isnan(pu) | np.isnan(do)),
+        (MISSING_LOCATION, missing[PU_LOCATION] | missing[DO_LOCATION]),
         (MISSING_DISTANCE, ~np.isfinite(distance)),
         (NEGATIVE_DISTANCE, distance < 0),
         (too_short, minutes < min_minutes),
@@ -162,15 +169,11 @@ def load_trips(
         dropped[rule] = int(hit.sum())
         keep &= ~hit
 
-    nulls = {
-        columns.pickup: int((pickup_i8 == nat).sum()),
-        columns.dropoff: int((dropoff_i8 == nat).sum()),
-        PU_LOCATION: int(np.isnan(pu).sum()),
-        DO_LOCATION: int(np.isnan(do).sum()),
-        TRIP_DISTANCE: int(np.isnan(distance).sum()),
-    }
     report = PrepareReport(
-        rows_read=len(keep), dropped=dropped, rows_kept=int(keep.sum()), nulls=nulls
+        rows_read=len(keep),
+        dropped=dropped,
+        rows_kept=int(keep.sum()),
+        nulls={name: int(mask.sum()) for name, mask in missing.items()},
     )
     if report.rows_kept == 0:
         raise DataValidationError(
