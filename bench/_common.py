@@ -58,11 +58,9 @@ def isolated_taxiops(months: list[str], source: Path | None = None) -> Iterator[
             yield incoming
     finally:
         if server is not None:
-            from prefect.events.worker import EventsWorker
-            from prefect.logging.handlers import APILogWorker
+            from taxiops.app.service import flush_to_api
 
-            APILogWorker.drain_all(timeout=10)
-            EventsWorker.drain_all(timeout=10)
+            flush_to_api()
             server.stop()
             os.environ.pop("PREFECT_API_URL", None)
         shutil.rmtree(root, ignore_errors=True)

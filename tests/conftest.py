@@ -28,21 +28,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPr
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server
     finally:
-        _drain_prefect_workers()
+        from taxiops.app.service import flush_to_api
+
+        flush_to_api()  # queued logs and events reach the server before it goes
         server.stop()
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = previous
-
-
-def _drain_prefect_workers() -> None:
-    """Send queued logs and events before the server goes, so teardown logs no errors."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)
-    EventsWorker.drain_all(timeout=10)
 
 
 @pytest.fixture
