@@ -326,15 +326,8 @@ def _publish(settings: Settings, summary: TrainingSummary, chart_uri: str) -> No
         emit_event(
             event=names.DATA_DRIFT,
             resource=names.month_resource(summary.taxi_type, summary.month, summary.file),
-            payload=DataDrift(
-                taxi_type=summary.taxi_type,
-                month=summary.month,
-                file=summary.file,
-                train_months=summary.train_months,
-                psi=summary.drift_psi,
-                drifted=summary.drifted,
-                threshold=summary.drift_threshold,
-                flow_run_id=summary.flow_run_id,
+            payload=DataDrift.model_validate(
+                summary.model_dump(include=set(DataDrift.model_fields))
             ).model_dump(mode="json"),
         )
 

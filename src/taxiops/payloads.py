@@ -98,15 +98,16 @@ class ModelTrained(_Payload):
 
 class DataDrift(_Payload):
     """A new month's features drifted from the training months': PSI per feature, and the
-    features at or past the threshold, most drifted first."""
+    features at or past the threshold, most drifted first. The names are those of
+    `TrainingSummary`, which it is built from."""
 
     taxi_type: str
     month: str
     file: str
     train_months: list[str]
-    psi: dict[str, float]
+    drift_psi: dict[str, float]
     drifted: list[str]
-    threshold: float
+    drift_threshold: float
     flow_run_id: str | None
 
 
