@@ -1,7 +1,7 @@
 """The training flow: a month file in, a challenger trained, judged and maybe promoted.
 
 Orchestration only: every step is a task in `taxiops.pipeline.tasks`; the ML lives in
-`taxiops.ml` and the registry in `taxiops.registry`.
+`taxiops.ml` and the registry (MLflow) in `taxiops.registry`.
 
 Each month file is read once: the bytes hashed are the bytes trained on, so the
 summary, the model card and the ledger name only bytes the model really saw.
@@ -26,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import State
 from prefect.events import emit_event
 from prefect.runtime import flow_run
+from prefect.settings import get_current_settings
 from prefect.states import Failed
 
 from taxiops import ml, names
@@ -35,7 +36,7 @@ from taxiops.payloads import DataDrift, DataRejected, ModelTrained
 from taxiops.pipeline import tasks
 from taxiops.pipeline.lineage import FingerprintedFile, MonthBytes, MonthData
 from taxiops.pipeline.report import MonthRows, TrainingSummary, registry_table, render_markdown
-from taxiops.registry import ModelRegistry
+from taxiops.registry import ModelRegistry, ModelVersion
 from taxiops.settings import Settings, load_settings
 from taxiops.tripfile import earlier_months_in_folder, sha256_of
 
@@ -237,15 +238,28 @@ def _train(
         )
         train_months = [train_part]
 
+    registry = steps.run(tasks.open_registry, settings.tracking_uri, settings.mlflow_artifacts_dir)
+    taxi_type = target.trip.taxi_type
+    production = steps.run(tasks.read_champion, registry, taxi_type)
     drift = steps.run(tasks.check_drift, train_months, validation, settings.drift_psi_threshold)
     challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())
     metrics: ml.Metrics = steps.run(tasks.evaluate_challenger, challenger, validation)
     chart = steps.run(tasks.plot_predictions, challenger, validation)
-    registry = ModelRegistry(settings.models_dir)
-    ref = registry.ref()
-    version = steps.run(tasks.register_challenger, ref, challenger, metrics, validation)
-    champion = steps.run(tasks.evaluate_champion, ref, registry.champion_for(version), validation)
-    promotion = steps.run(tasks.promote_if_better, ref, version, metrics, champion, validation)
+    run_id = str(flow_run.get_id() or "")
+    version = steps.run(
+        tasks.register_challenger,
+        registry,
+        challenger,
+        metrics,
+        train_months,
+        validation,
+        chart,
+        {"prefect.flow_run_id": run_id, "prefect.flow_run_url": _flow_run_url(run_id)},
+    )
+    champion = steps.run(tasks.evaluate_champion, registry, production, validation)
+    promotion = steps.run(
+        tasks.promote_if_better, registry, version, metrics, champion, validation, run_id
+    )
 
     new_month = loaded[-1].trips.report
     summary = TrainingSummary(
@@ -261,6 +275,9 @@ def _train(
         promoted=promotion.promoted,
         promotion_reason=promotion.reason,
         production_version=promotion.production,
+        replaced_version=promotion.replaced,
+        model_url=_version_url(settings, version),
+        mlflow_run_id=version.run_id,
         champion_version=None if champion.version is None else champion.version.name,
         champion_rmse=None if champion.metrics is None else champion.metrics.rmse,
         champion_mae=None if champion.metrics is None else champion.metrics.mae,
@@ -280,8 +297,21 @@ def _train(
         months=[_month_rows(m) for m in loaded],
     )
     summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
+    steps.run(tasks.record_outcome, registry, version, summary.seconds, promotion)
     _publish(settings, summary, chart)
     return summary
+
+
+def _flow_run_url(run_id: str) -> str:
+    """This run's page in the Prefect UI (as the alerts link it)."""
+    ui = (get_current_settings().ui_url or "").rstrip("/")
+    return f"{ui}/runs/flow-run/{run_id}" if ui and run_id else ""
+
+
+def _version_url(settings: Settings, version: ModelVersion) -> str | None:
+    """The MLflow UI page of a model version, when a UI is known."""
+    ui = settings.mlflow_ui_url
+    return None if ui is None else f"{ui}/#/models/{version.model_name}/versions/{version.number}"
 
 
 def _month_rows(month: MonthData) -> MonthRows:
@@ -296,15 +326,18 @@ def _month_rows(month: MonthData) -> MonthRows:
     )
 
 
-def _publish(settings: Settings, summary: TrainingSummary, chart_uri: str) -> None:
+def _publish(settings: Settings, summary: TrainingSummary, chart_svg: str) -> None:
     """Artifacts for the UI and the `taxiops.model.trained` event for automations."""
+    from taxiops.ml.plots import svg_data_uri
+
+    chart_uri = svg_data_uri(chart_svg)
     create_markdown_artifact(
         markdown=render_markdown(summary, chart_uri),
         key=names.REPORT_ARTIFACT,
         description=f"{summary.taxi_type} {summary.month} training report",
     )
     create_table_artifact(
-        table=registry_table(ModelRegistry(settings.models_dir), summary.taxi_type),
+        table=registry_table(ModelRegistry.from_settings(settings), summary.taxi_type),
         key=f"{names.REGISTRY_ARTIFACT}-{summary.taxi_type}",
         description=f"{summary.taxi_type} model registry",
     )

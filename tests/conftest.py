@@ -47,6 +47,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("TAXIOPS_HOME", str(home))
     monkeypatch.setenv("TAXIOPS_INCOMING_DIR", str(incoming))
     monkeypatch.setenv("TAXIOPS_TASK_RETRY_DELAY_SECONDS", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the local store under home
     monkeypatch.chdir(tmp_path)
     return Settings()
 

@@ -61,6 +61,9 @@ WORK_POOL = "taxiops-process"
 NOTIFIER_BLOCK_TYPE = "taxiops-notifier"
 NOTIFIER_BLOCK_NAME = "taxiops"
 
+# --- the promotion lock: a Prefect global concurrency limit per taxi type -----------
+PROMOTION_LOCK_PREFIX = "taxiops-promote-"
+
 # --- artifacts ----------------------------------------------------------------------
 REPORT_ARTIFACT = "training-report"
 REGISTRY_ARTIFACT = "model-registry"

@@ -94,6 +94,9 @@ class ModelTrained(_Payload):
     drift_psi: dict[str, float] = {}
     drifted: list[str] = []
     drift_threshold: float | None = None
+    production_version: str | None = None
+    replaced_version: str | None = None
+    model_url: str | None = None
 
 
 class DataDrift(_Payload):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -74,6 +75,17 @@ class Settings(BaseSettings):
     )
     server_port: int = Field(
         4200, ge=1, le=65535, description="Port of the local Prefect server and UI."
+    )
+    mlflow_tracking_uri: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "TAXIOPS_MLFLOW_TRACKING_URI"),
+        description="MLflow tracking and registry store; default: SQLite under TAXIOPS_HOME.",
+    )
+    mlflow_ui: bool = Field(
+        True, description="Whether `taxiops up` serves the MLflow UI (local store only)."
+    )
+    mlflow_ui_port: int = Field(
+        5000, ge=1, le=65535, description="Port of the MLflow UI `taxiops up` serves."
     )
     serve_limit: int = Field(2, ge=1, description="Training runs executed at once by `taxiops up`.")
     schedule_cron: str = Field("0 6 2 * *", description="Cron of the monthly retraining schedule.")
@@ -215,8 +227,31 @@ class Settings(BaseSettings):
 
     # --- derived locations -----------------------------------------------------
     @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
+    def tracking_uri(self) -> str:
+        """MLflow's store: `MLFLOW_TRACKING_URI`, else SQLite at `TAXIOPS_HOME/mlflow.db`."""
+        if self.mlflow_tracking_uri is not None:
+            return self.mlflow_tracking_uri.get_secret_value()
+        # Runs at once write to one SQLite file: wait for its lock rather than fail at once.
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}?timeout=60"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path | None:
+        """Where a local store keeps model files; a tracking server keeps its own."""
+        return None if self.mlflow_tracking_uri is not None else self.home / "mlartifacts"
+
+    @property
+    def mlflow_ui_url(self) -> str | None:
+        """The MLflow UI users open: the tracking server, or the one `taxiops up` serves."""
+        server = urlsplit(self.tracking_uri)
+        if server.scheme in ("http", "https"):  # without any user:password@
+            return (
+                f"{server.scheme}://{server.hostname}"
+                + (f":{server.port}" if server.port else "")
+                + server.path.rstrip("/")
+            )
+        if self.mlflow_ui and self.mlflow_tracking_uri is None:
+            return f"http://{self.server_host}:{self.mlflow_ui_port}"
+        return None
 
     @property
     def results_dir(self) -> Path:

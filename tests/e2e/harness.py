@@ -57,12 +57,14 @@ FAST_ENV: dict[str, str] = {
     "TAXIOPS_WATCH_POLL_RUNS_SECONDS": "0.5",
     "TAXIOPS_TASK_RETRY_DELAY_SECONDS": "0",
     "TAXIOPS_RUNNER_POLL_SECONDS": "0.2",
+    # The MLflow UI takes ~8 s to start; tests/e2e/test_up.py serves it.
+    "TAXIOPS_MLFLOW_UI": "false",
     "PYTHONUNBUFFERED": "1",
     "DO_NOT_TRACK": "1",
 }
 
 # Never inherited from the test process: every site says where it talks to.
-_PRIVATE_ENV_PREFIXES = ("TAXIOPS_", "SLACK_", "PREFECT_API_")
+_PRIVATE_ENV_PREFIXES = ("TAXIOPS_", "SLACK_", "PREFECT_API_", "MLFLOW_")
 
 
 def wait_until(

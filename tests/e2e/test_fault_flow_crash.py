@@ -17,6 +17,7 @@ from prefect.client.schemas.objects import FlowRun
 from taxiops.app.server import LocalPrefectServer
 from taxiops.intake import FileState
 from taxiops.notify import InboxMessage, SlackInbox
+from taxiops.registry import ModelRegistry
 from tests.e2e.harness import (
     WATCH_READY,
     ServedSite,
@@ -77,8 +78,12 @@ def crash_alert(inbox: SlackInbox, run: FlowRun) -> InboxMessage | None:
     return None
 
 
-def files_of(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+def registry_of(home: Path) -> tuple[str | None, list[str]]:
+    """The champion and every version of the site's green model."""
+    registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
+    production = registry.production("green")
+    versions = [v.name for v in registry.versions("green")]
+    return (None if production is None else production.name), versions
 
 
 def test_flow_run_killed_mid_training_is_crashed_alerted_and_retried_by_hand(
@@ -86,13 +91,12 @@ def test_flow_run_killed_mid_training_is_crashed_alerted_and_retried_by_hand(
 ) -> None:
     api_url = runner.site.api_url
     site = Site(tmp_path, api_url, env={"TAXIOPS_RETRY_CRASHED_RUNS": "0"})
-    models = runner.site.home / "models" / "green"
     with site.start("watch") as watcher:
         watcher.wait_for_log(WATCH_READY)
         earlier = site.drop("green", "2023-01", rows=BIG_ROWS)
         wait_until_each_ran_once(api_url, [earlier], timeout=RUN_TIMEOUT, settle=0)
-        production = files_of(models)
-        assert "production.json" in production
+        production = registry_of(runner.site.home)
+        assert production[0] is not None
 
         crashing = site.drop("green", "2023-02")  # trains on the big 2023-01
         run = kill_while_training(runner, crashing)
@@ -102,7 +106,7 @@ def test_flow_run_killed_mid_training_is_crashed_alerted_and_retried_by_hand(
         alert = wait_until(lambda: crash_alert(runner.inbox, run), 60, "the crash alert")
         assert str(run.id) in " ".join(alert.button_urls)
         assert site.wait_for_state(crashing, FileState.CRASHED).runs == 1
-        assert files_of(models) == production, "a crashed run must not touch the registry"
+        assert registry_of(runner.site.home) == production, "a crashed run registers nothing"
 
         retried = site.run("retry", crashing.name)
         assert retried.returncode == 0, retried.stderr

@@ -18,6 +18,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from taxiops import names
 from taxiops.app.server import LocalPrefectServer, free_port
 from taxiops.ml import write_synth_month
+from taxiops.registry import ModelRegistry
 from taxiops.tripfile import Month
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,4 +70,6 @@ def test_prefect_deploy_all_and_a_process_worker_train_a_month(tmp_path: Path) -
         ):
             run = client.read_flow_run(UUID(run_id))
         assert run.state is not None and run.state.is_completed(), run.state
-        assert (tmp_path / "home" / "models" / "green" / "production.json").exists()
+        home = tmp_path / "home"
+        champion = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}").production("green")
+        assert champion is not None and champion.run_id

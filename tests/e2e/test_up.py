@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from taxiops.app.server import free_port
@@ -56,6 +57,7 @@ def service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, Slack
             TAXIOPS_HOME=str(tmp_path / "home"),
             TAXIOPS_INCOMING_DIR=str(incoming),
             TAXIOPS_SERVER_PORT=str(free_port()),
+            TAXIOPS_MLFLOW_UI_PORT=str(free_port()),
             SLACK_WEBHOOK_URL=inbox.url,
         )
         with log_path.open("w") as log:
@@ -101,7 +103,20 @@ def test_up_trains_dropped_files_alerts_and_stops_cleanly(
         timeout=60,
     )
     assert status.returncode == 0, status.stderr
-    assert "green: production v000" in status.stdout
+    assert "taxi-duration-green@champion: v" in status.stdout, status.stdout
+    # The MLflow UI it announced serves the registry: the champion alias, by its REST API.
+    announced = log_path.read_text().split("MLflow UI: ", 1)[1].split()[0]
+    alias = httpx.get(
+        f"{announced}/api/2.0/mlflow/registered-models/alias",
+        params={"name": "taxi-duration-green", "alias": "champion"},
+        timeout=10,
+    )
+    assert alias.status_code == 200, alias.text
+    version = alias.json()["model_version"]["version"]
+    assert f"taxi-duration-green@champion: v{version} " in status.stdout
+    assert "/#/models/taxi-duration-green/versions/" in " ".join(
+        " ".join(m.button_urls) for m in inbox.messages
+    )
 
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
@@ -117,7 +132,7 @@ def test_demo_trains_sample_months_and_prints_alerts_without_slack(tmp_path: Pat
         if k
         not in ("PREFECT_API_URL", "SLACK_WEBHOOK_URL", "SLACK_BOT_TOKEN", "TAXIOPS_APPRISE_URLS")
     }
-    env.update(TAXIOPS_SERVER_PORT=str(free_port()))
+    env.update(TAXIOPS_SERVER_PORT=str(free_port()), TAXIOPS_MLFLOW_UI_PORT=str(free_port()))
     log_path = tmp_path / "demo.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(

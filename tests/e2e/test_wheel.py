@@ -146,6 +146,7 @@ def test_up_serves_and_trains_a_dropped_month_from_outside_the_checkout(
         TAXIOPS_HOME=str(wheel.workdir / "up-home"),
         TAXIOPS_INCOMING_DIR=str(incoming),
         TAXIOPS_SERVER_PORT=str(free_port()),
+        TAXIOPS_MLFLOW_UI_PORT=str(free_port()),  # the wheel's MLflow UI is served too
         # The monthly schedule (06:00 on the 2nd) must not start a run of its own in here.
         TAXIOPS_SCHEDULE_CRON="0 6 1 1 *",
     )

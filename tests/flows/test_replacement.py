@@ -46,7 +46,7 @@ def assert_records_what_it_trained(
     """Summary and model card name `sha256`, and the validation rows are those bytes' rows."""
     validated = summary.months[-1]
     assert (validated.file, validated.sha256, validated.rows_read) == (NAME, sha256, rows)
-    version = ModelRegistry(settings.models_dir).version("green", int(summary.model_version[1:]))
+    version = ModelRegistry.from_settings(settings).version("green", int(summary.model_version[1:]))
     assert version.card.data_sha256[NAME] == sha256
     assert version.card.val_rows == summary.val_rows <= rows
 
@@ -119,7 +119,7 @@ def test_replaced_before_a_watcher_run_read_it_the_run_ends_file_changed_without
         and quarantined_entries(settings.quarantine_dir) == []
     )
     assert no_rejection_event_since(since, NAME)
-    assert not ModelRegistry(settings.models_dir).versions("green")  # nothing recorded
+    assert not ModelRegistry.from_settings(settings).versions("green")  # nothing recorded
 
 
 def test_replaced_between_reading_and_loading_the_run_trains_the_bytes_it_read(
@@ -155,7 +155,7 @@ def test_replaced_during_training_the_record_names_the_bytes_trained_and_the_new
     second = train_duration_model(str(months["2023-02"]), expected_sha256=new[0])
     assert_records_what_it_trained(settings, second, new[0], NEW_ROWS)
     assert second.model_version != first.model_version
-    cards = [v.card for v in ModelRegistry(settings.models_dir).versions("green")]
+    cards = [v.card for v in ModelRegistry.from_settings(settings).versions("green")]
     assert len({card.model_key for card in cards}) == len(cards) == 2
 
 

@@ -15,6 +15,7 @@ from taxiops import names
 from taxiops.errors import MissingMonthError
 from taxiops.intake.quarantine import read_reason
 from taxiops.ml import write_synth_month
+from taxiops.registry import ModelRegistry
 from taxiops.settings import Settings
 from taxiops.tripfile import Month
 
@@ -47,7 +48,7 @@ def test_a_missing_month_fails_clearly_after_retraining_the_others(
     error = state.result(raise_on_failure=False)
     assert isinstance(error, MissingMonthError)
     assert "missing month" in str(error) and "yellow" in str(error) and "2023-02" in str(error)
-    assert (settings.home / "models" / "green" / "production.json").exists()
+    assert ModelRegistry.from_settings(settings).production("green") is not None
     assert not (settings.home / "models" / "yellow").exists()
 
 
@@ -68,7 +69,7 @@ def test_a_rejected_month_of_one_type_does_not_stop_the_others(
     error = state.result(raise_on_failure=False)
     assert isinstance(error, RetrainFailedError) and "yellow" in str(error)
     assert "unreadable-parquet" in str(error)
-    assert (settings.home / "models" / "green" / "production.json").exists()
+    assert ModelRegistry.from_settings(settings).production("green") is not None
     assert read_reason(settings.quarantine_dir / "yellow_tripdata_2023-02.parquet")["rule"] == (
         "unreadable-parquet"
     )

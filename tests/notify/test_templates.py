@@ -230,6 +230,9 @@ async def test_trained_template_reads_the_training_summary_payload() -> None:
         drift_psi={"trip_distance": 0.21, "duration": 0.02},
         drifted=["trip_distance"],
         drift_threshold=0.1,
+        production_version="v12",
+        replaced_version="v11",
+        model_url="http://127.0.0.1:5000/#/models/taxi-duration-green/versions/12",
     ).model_dump(mode="json")
     notice = await _render(
         TRAINED_BODY_TEMPLATE, _context(_custom_event(names.MODEL_TRAINED, payload))

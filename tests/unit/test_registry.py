@@ -1,15 +1,18 @@
-"""The model registry on real files: versions, idempotency, promotion, atomicity."""
+"""The model registry on a real MLflow store (SQLite): versions, idempotency, the champion
+alias, the promotion rule, and a failed write that leaves production as it was."""
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
-from collections.abc import Callable
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from taxiops.errors import RegistryError
 from taxiops.ml import (
@@ -20,17 +23,27 @@ from taxiops.ml import (
     train_model,
     write_synth_month,
 )
-from taxiops.ml.model import BOOSTER_FILE, ENCODER_FILE, MODEL_FILE
-from taxiops.registry._store import (
-    CARD_FILE,
-    PRODUCTION_FILE,
+from taxiops.registry import (
+    CHAMPION_ALIAS,
     ModelCard,
     ModelRegistry,
     ModelVersion,
+    Promotion,
+    TrainingRecord,
+    model_name,
     rmse_comparison,
     should_promote,
 )
 from taxiops.tripfile import Month, parse_trip_file
+
+_LOCKS: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def in_process_lock(taxi_type: str) -> Iterator[None]:
+    """The lock's contract within one process (the flows use a Prefect limit)."""
+    with _LOCKS.setdefault(taxi_type, threading.Lock()):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +54,16 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> DurationModel:
     return train_model([trips.frame], TrainingParams())
 
 
-def card(key: str, rmse: float = 5.0) -> ModelCard:
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
+
+
+def card(key: str, rmse: float = 5.0, month: str = "2023-02") -> ModelCard:
     return ModelCard(
         taxi_type="green",
         model_key=key,
-        validation_month="2023-02",
+        validation_month=month,
         train_months=["2023-01"],
         data_sha256={"green_tripdata_2023-01.parquet": "ab" * 32},
         params={"max_depth": 6},
@@ -56,39 +74,14 @@ def card(key: str, rmse: float = 5.0) -> ModelCard:
     )
 
 
-def test_versions_are_numbered_and_kept(tmp_path: Path, model: DurationModel) -> None:
-    registry = ModelRegistry(tmp_path)
-    first = registry.register(model, card("a"))
-    second = registry.register(model, card("b"))
-
-    assert [v.name for v in registry.versions("green")] == ["v0001", "v0002"]
-    assert (first.number, second.number) == (1, 2)
-    assert registry.version("green", 2).card.model_key == "b"
-    assert registry.taxi_types() == ["green"]
-
-
-def test_registering_the_same_model_key_twice_returns_the_first_version(
-    tmp_path: Path, model: DurationModel
-) -> None:
-    registry = ModelRegistry(tmp_path)
-    first = registry.register(model, card("same"))
-    again = registry.register(model, card("same"))
-
-    assert again == first
-    assert len(registry.versions("green")) == 1
-
-
-def test_a_registered_model_predicts_like_the_original(
-    tmp_path: Path, model: DurationModel
-) -> None:
-    registry = ModelRegistry(tmp_path)
-    version = registry.register(model, card("a"))
-    path = write_synth_month(tmp_path / "synth", "green", Month(2023, 2), rows=500, seed=2)
-    frame = load_trips(parse_trip_file(path)).frame
-
-    loaded = registry.load_model(version)
-
-    assert (loaded.predict(frame) == model.predict(frame)).all()
+def record(key: str, rmse: float = 5.0, month: str = "2023-02") -> TrainingRecord:
+    return TrainingRecord(
+        card=card(key, rmse, month),
+        params={"max_depth": "6"},
+        tags={"taxi_type": "green"},
+        datasets=[],
+        pickup_column="lpep_pickup_datetime",
+    )
 
 
 def scores(**rmse_by_version: float) -> Callable[[ModelVersion], Metrics]:
@@ -107,82 +100,166 @@ def m(rmse: float) -> Metrics:
     return Metrics(rmse=rmse, mae=rmse / 2, rows=10)
 
 
-def test_first_model_is_promoted_and_a_worse_one_is_not(
-    tmp_path: Path, model: DurationModel
-) -> None:
-    registry = ModelRegistry(tmp_path)
-    v1 = registry.register(model, card("a"))
-    v2 = registry.register(model, card("b"))
-    never = scores()
+def promote(
+    registry: ModelRegistry,
+    challenger: ModelVersion,
+    rmse: float,
+    champion: ModelVersion | None = None,
+    champion_rmse: float | None = None,
+    rescore: Callable[[ModelVersion], Metrics] | None = None,
+    by: str = "run-1",
+) -> Promotion:
+    return registry.promote_if_better(
+        challenger,
+        m(rmse),
+        champion=champion,
+        champion_metrics=None if champion_rmse is None else m(champion_rmse),
+        rescore=rescore or scores(),
+        lock=in_process_lock,
+        decided_by=by,
+    )
 
-    first = registry.promote_if_better(
-        v1, m(5.0), champion=None, champion_metrics=None, rescore=never
-    )
-    worse = registry.promote_if_better(
-        v2, m(5.5), champion=v1, champion_metrics=m(5.0), rescore=never
-    )
+
+def test_versions_are_numbered_kept_and_registered_once_per_card(
+    registry: ModelRegistry, model: DurationModel
+) -> None:
+    first = registry.register(model, record("a"))
+    second = registry.register(model, record("b"))
+    again = registry.register(model, record("a"))
+
+    assert [v.name for v in registry.versions("green")] == ["v1", "v2"]
+    assert again == first and second.number == 2
+    assert registry.version("green", 2).card.model_key == "b"
+    assert registry.taxi_types() == ["green"]
+    assert replace(first.card, created_at="") == replace(card("a"), created_at="")
+
+
+def test_a_registered_model_predicts_like_the_original(
+    registry: ModelRegistry, model: DurationModel, tmp_path: Path
+) -> None:
+    version = registry.register(model, record("a"))
+    path = write_synth_month(tmp_path / "synth", "green", Month(2023, 2), rows=500, seed=2)
+    frame = load_trips(parse_trip_file(path)).frame
+
+    loaded = registry.load_model(version)
+
+    assert (loaded.predict(frame) == model.predict(frame)).all()
+
+
+def test_first_model_is_promoted_and_a_worse_one_is_not(
+    registry: ModelRegistry, model: DurationModel
+) -> None:
+    v1 = registry.register(model, record("a"))
+    v2 = registry.register(model, record("b"))
+
+    first = promote(registry, v1, 5.0)
+    worse = promote(registry, v2, 5.5, champion=v1, champion_rmse=5.0)
 
     assert first.promoted and first.reason == "first green model"
-    assert not worse.promoted and "worse" in worse.reason and worse.production == "v0001"
-    assert registry.production("green") == v1 and never.asked == []  # type: ignore[attr-defined]
+    assert not worse.promoted and "worse" in worse.reason
+    assert worse.production == "v1"
+    assert registry.production("green") == v1
+    alias = MlflowClient(registry.tracking_uri).get_model_version_by_alias(
+        model_name("green"), CHAMPION_ALIAS
+    )
+    assert str(alias.version) == "1"
 
 
 def test_a_champion_that_changed_meanwhile_is_rescored_before_judging(
-    tmp_path: Path, model: DurationModel
+    registry: ModelRegistry, model: DurationModel
 ) -> None:
-    registry = ModelRegistry(tmp_path)
-    v1, v2, v3 = (registry.register(model, card(key)) for key in "abc")
-    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
+    v1, v2, v3 = (registry.register(model, record(key)) for key in "abc")
+    promote(registry, v1, 5.0)
 
     # v2 and v3 were both judged against "no champion" while v1 got promoted.
-    rescore = scores(v0001=4.0)
-    lost = registry.promote_if_better(
-        v2, m(4.5), champion=None, champion_metrics=None, rescore=rescore
-    )
-    won = registry.promote_if_better(
-        v3, m(3.5), champion=None, champion_metrics=None, rescore=rescore
-    )
+    rescore = scores(v1=4.0)
+    lost = promote(registry, v2, 4.5, rescore=rescore, by="run-2")
+    won = promote(registry, v3, 3.5, rescore=rescore, by="run-3")
 
-    assert rescore.asked == ["v0001", "v0001"]  # type: ignore[attr-defined]
-    assert not lost.promoted and "worse than v0001's 4.000" in lost.reason
-    assert won.promoted and registry.production("green") == v3
+    assert rescore.asked == ["v1", "v1"]  # type: ignore[attr-defined]
+    assert not lost.promoted and "worse than v1's 4.000" in lost.reason
+    assert "production changed during this run (None -> v1)" in lost.reason
+    assert won.promoted and won.replaced == "v1"
+    assert registry.production("green") == v3
+    recorded = registry.promotion_of(v3)
+    assert recorded is not None and (recorded["by"], recorded["replaced"]) == ("run-3", 1)
 
 
-def test_a_backfill_never_replaces_production(tmp_path: Path, model: DurationModel) -> None:
-    registry = ModelRegistry(tmp_path)
-    newer = registry.register(model, card("a"))
-    older = registry.register(model, replace(card("b"), validation_month="2023-01 (validation)"))
-    registry.promote_if_better(
-        newer, m(5.0), champion=None, champion_metrics=None, rescore=scores()
-    )
+def test_a_backfill_never_replaces_production(
+    registry: ModelRegistry, model: DurationModel
+) -> None:
+    newer = registry.register(model, record("a"))
+    older = registry.register(model, record("b", month="2023-01 (validation)"))
+    promote(registry, newer, 5.0)
 
-    backfill = registry.promote_if_better(
-        older, m(1.0), champion=newer, champion_metrics=m(5.0), rescore=scores()
-    )
+    backfill = promote(registry, older, 1.0, champion=newer, champion_rmse=5.0)
 
     assert not backfill.promoted and "backfill" in backfill.reason
     assert registry.production("green") == newer
 
 
-def test_champion_for_a_challenger_already_in_production_is_what_it_replaced(
-    tmp_path: Path, model: DurationModel
+def test_production_itself_is_not_promoted_again_but_a_retried_decision_is_recognised(
+    registry: ModelRegistry, model: DurationModel
 ) -> None:
-    registry = ModelRegistry(tmp_path)
-    v1 = registry.register(model, card("a"))
-    v2 = registry.register(model, card("b"))
-    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
+    v1 = registry.register(model, record("a"))
+    promote(registry, v1, 5.0, by="run-1")
 
-    assert registry.champion_for(v2) == v1
-    registry.promote_if_better(v2, m(4.0), champion=v1, champion_metrics=m(5.0), rescore=scores())
-    assert registry.champion_for(v2) == v1  # a re-run compares the same pair again
-    assert registry.champion_for(v1) == v2
+    retried = promote(registry, v1, 5.0, by="run-1")  # the same decision, after a fault
+    itself = promote(registry, v1, 5.0, champion=v1, champion_rmse=5.0, by="run-2")
+
+    assert retried.promoted
+    assert not itself.promoted and "production model itself" in itself.reason
+    assert itself.production == "v1"
 
 
-def test_the_registry_identity_is_stable_and_changes_with_a_new_registry(tmp_path: Path) -> None:
-    first = ModelRegistry(tmp_path / "models").ref()
-    assert ModelRegistry(tmp_path / "models").ref() == first
-    shutil.rmtree(tmp_path / "models")
-    assert ModelRegistry(tmp_path / "models").ref().cache_fingerprint != first.cache_fingerprint
+def test_a_failed_model_write_leaves_no_version_and_production_intact(
+    registry: ModelRegistry, model: DurationModel
+) -> None:
+    v1 = registry.register(model, record("a"))
+    promote(registry, v1, 5.0)
+
+    class FullDisk:
+        def save(self, directory: Path) -> None:
+            directory.mkdir(parents=True)
+            (directory / "half-written").write_bytes(b"x")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        registry.register(FullDisk(), record("b"))  # type: ignore[arg-type]
+
+    assert [v.name for v in registry.versions("green")] == ["v1"]
+    assert registry.production("green") == v1
+    runs = MlflowClient(registry.tracking_uri).search_runs([registry._experiment_id()])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    # The same card again is trained into a new, finished run, not the failed one.
+    v2 = registry.register(model, record("b"))
+    assert v2.number == 2 and v2.run_id not in {r.info.run_id for r in runs}
+
+
+def test_an_alias_on_a_version_taxiops_did_not_register_is_a_registry_error(
+    registry: ModelRegistry, model: DurationModel
+) -> None:
+    v1 = registry.register(model, record("a"))
+    client = MlflowClient(registry.tracking_uri)
+    source = client.get_run(v1.run_id).data.tags["taxiops.model_uri"]
+    foreign = client.create_model_version(model_name("green"), source, run_id=v1.run_id)
+    client.set_registered_model_alias(model_name("green"), CHAMPION_ALIAS, foreign.version)
+
+    with pytest.raises(RegistryError, match="which taxiops did not register"):
+        registry.production("green")
+
+
+def test_the_store_identity_is_stable_and_changes_with_a_reset_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = ModelRegistry(uri).ref()
+    assert ModelRegistry(uri).ref() == first
+    (tmp_path / "mlflow.db").unlink()
+    # A new process, as each flow run is (MLflow keeps a store's engine for its process).
+    script = "import sys; from taxiops.registry import ModelRegistry as R; print(R(sys.argv[1]).ref().identity)"
+    after = subprocess.run(
+        [sys.executable, "-c", script, uri], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert after and after != first.identity
 
 
 def test_should_promote_only_when_no_worse() -> None:
@@ -193,131 +270,7 @@ def test_should_promote_only_when_no_worse() -> None:
     assert should_promote(Metrics(rmse=99.0, mae=9.0, rows=10), None)
 
 
-def test_failed_write_leaves_no_partial_version(tmp_path: Path, model: DurationModel) -> None:
-    registry = ModelRegistry(tmp_path)
-
-    class BrokenModel:
-        def save(self, directory: Path) -> None:
-            (directory / "half-written").write_bytes(b"x")
-            raise OSError(28, "No space left on device")
-
-    v1 = registry.register(model, card("a"))
-    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
-
-    with pytest.raises(RegistryError, match="cannot write version v0002.*No space left"):
-        registry.register(BrokenModel(), card("b"))  # type: ignore[arg-type]
-
-    assert [v.name for v in registry.versions("green")] == ["v0001"]
-    production = registry.production("green")
-    assert production is not None and production.name == "v0001"
-    assert not [p for p in (tmp_path / "green").iterdir() if p.name.startswith(".staging")]
-
-
-def test_unreadable_card_is_a_registry_error(tmp_path: Path, model: DurationModel) -> None:
-    registry = ModelRegistry(tmp_path)
-    version = registry.register(model, card("a"))
-    (version.path / "card.json").write_text("{not json")
-
-    with pytest.raises(RegistryError, match="unreadable model card"):
-        registry.versions("green")
-
-
-def test_card_round_trips(tmp_path: Path, model: DurationModel) -> None:
-    registry = ModelRegistry(tmp_path)
-    original = card("a")
-    version = registry.register(model, original)
-    assert replace(version.card, created_at=original.created_at) == original
-
-
-# --- a full disk at every write --------------------------------------------------------
-# The fallback of tests/e2e/test_fault_registry.py (a real full tmpfs, which needs root
-# and mount): ENOSPC is injected where each registry file lands (the rename of its
-# temp file), so atomicity is tested on every machine.
-def fill_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    """Make the write of `name` (its temp file's rename into place) fail with ENOSPC."""
-    real_replace, real_rename = os.replace, os.rename
-
-    def check(destination: str | os.PathLike[str]) -> None:
-        if Path(destination).name == name:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination))
-
-    def replace(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
-        check(destination)
-        real_replace(source, destination)
-
-    def rename(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
-        check(destination)
-        real_rename(source, destination)
-
-    monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(os, "rename", rename)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Staging folders and temp files a failed write must not leave behind."""
-    return [
-        str(p.relative_to(folder))
-        for p in folder.rglob("*")
-        if p.name.startswith(".staging-") or p.name.endswith(".tmp")
-    ]
-
-
-@pytest.mark.parametrize(
-    "name",
-    [ENCODER_FILE, BOOSTER_FILE, MODEL_FILE, CARD_FILE, "v0002"],
-    ids=["encoder", "booster", "model-meta", "card", "version-rename"],
-)
-def test_a_full_disk_while_registering_leaves_production_intact(
-    tmp_path: Path, model: DurationModel, monkeypatch: pytest.MonkeyPatch, name: str
-) -> None:
-    registry = ModelRegistry(tmp_path)
-    v1 = registry.register(model, card("a"))
-    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
-    before = snapshot(tmp_path)
-    fill_disk_at(monkeypatch, name)
-
-    with pytest.raises(RegistryError, match="No space left on device") as raised:
-        registry.register(model, card("b"))
-
-    assert raised.value.location == tmp_path / "green"
-    assert snapshot(tmp_path) == before
-    assert not leftovers(tmp_path)
-    assert [v.name for v in registry.versions("green")] == ["v0001"]
-
-
-def test_a_full_disk_while_promoting_leaves_production_intact(
-    tmp_path: Path, model: DurationModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    registry = ModelRegistry(tmp_path)
-    v1 = registry.register(model, card("a"))
-    registry.promote_if_better(v1, m(5.0), champion=None, champion_metrics=None, rescore=scores())
-    v2 = registry.register(model, card("b"))
-    before = snapshot(tmp_path)
-    fill_disk_at(monkeypatch, PRODUCTION_FILE)
-
-    with pytest.raises(RegistryError, match="cannot promote v0002.*No space left on device"):
-        registry.promote_if_better(
-            v2, m(4.0), champion=v1, champion_metrics=m(5.0), rescore=scores()
-        )
-
-    assert snapshot(tmp_path) == before
-    assert not leftovers(tmp_path)
-    production = registry.production("green")
-    assert production is not None and production.name == "v0001"
-
-
-@pytest.mark.parametrize(
-    ("rmse", "reason"),
-    [
-        (4.155, "RMSE 4.155 is better than v0001's 4.188 by 0.033"),
-        (4.250, "RMSE 4.250 is worse than v0001's 4.188 by 0.062"),
-        (4.188, "RMSE 4.188 equals v0001's 4.188"),
-        (4.1882, "RMSE 4.188 is worse than v0001's 4.188 by less than 0.001"),
-    ],
-)
-def test_the_reason_says_better_worse_or_equal_and_by_how_much(rmse: float, reason: str) -> None:
-    assert rmse_comparison(rmse, "v0001", 4.188) == reason
+def test_rmse_comparison_says_better_worse_or_equal() -> None:
+    assert rmse_comparison(4.0, "v1", 5.0) == "RMSE 4.000 is better than v1's 5.000 by 1.000"
+    assert rmse_comparison(5.0001, "v1", 5.0).endswith("by less than 0.001")
+    assert rmse_comparison(5.0, "v1", 5.0) == "RMSE 5.000 equals v1's 5.000"

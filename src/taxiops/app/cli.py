@@ -180,6 +180,11 @@ def _announce(ready: ServiceReady) -> None:
     api = ready.api
     where = "local server (SQLite under TAXIOPS_HOME)" if api.local else "existing server"
     print(f"taxiops is up — Prefect UI: {api.ui_url}  ({where})", flush=True)
+    if ready.mlflow_ui_url is not None:
+        print(
+            f"  MLflow UI: {ready.mlflow_ui_url}  (models: taxi-duration-<type>@champion)",
+            flush=True,
+        )
     if ready.watching:
         print(
             f"  watching {ready.incoming_dir} for <green|yellow>_tripdata_YYYY-MM.parquet",
@@ -360,7 +365,7 @@ def status() -> None:
     """Print the month files seen, the entries quarantined, and each taxi type's champion."""
     from taxiops.intake import rejection_rows, status_rows
     from taxiops.notify.dispatch import alert_states, print_alert_summary
-    from taxiops.registry import ModelRegistry
+    from taxiops.registry import CHAMPION_ALIAS, ModelRegistry, model_name
     from taxiops.settings import load_settings
 
     settings = load_settings()
@@ -388,15 +393,16 @@ def status() -> None:
             f"{rejection.rule:<18} {alert:<8} {kept}"
         )
     print_alert_summary(settings)
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry.from_settings(settings)
     for taxi_type in registry.taxi_types():
         production = registry.production(taxi_type)
         versions = len(registry.versions(taxi_type))
+        name = model_name(taxi_type)
         if production is None:
-            print(f"{taxi_type}: {versions} versions, none in production")
+            print(f"{name}: {versions} versions, none is @{CHAMPION_ALIAS}")
         else:
             print(
-                f"{taxi_type}: production {production.name} "
+                f"{name}@{CHAMPION_ALIAS}: {production.name} "
                 f"(RMSE {production.card.metrics['rmse']:.3f} on {production.card.validation_month}), "
                 f"{versions} versions"
             )

@@ -1,4 +1,4 @@
-"""A local Prefect server on SQLite under `TAXIOPS_HOME`, as a child process.
+"""Local servers as child processes: Prefect on SQLite under `TAXIOPS_HOME`, and the MLflow UI.
 
 Used by `taxiops up` and by the test session; both need a real server that
 starts, reports healthy and stops without leaving a process behind.
@@ -64,8 +64,9 @@ def server_environment(state_dir: Path, host: str, port: int) -> dict[str, str]:
 
 
 @dataclass
-class LocalPrefectServer(Lifecycle):
-    """`prefect server start` in a child process; a context manager."""
+class LocalServer(Lifecycle):
+    """A server in a child process of its own session, with its state in `state_dir`; a
+    context manager. Subclasses say what to run and where it answers when healthy."""
 
     state_dir: Path
     host: str = "127.0.0.1"
@@ -73,13 +74,18 @@ class LocalPrefectServer(Lifecycle):
     log_path: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
-    @property
-    def api_url(self) -> str:
-        return f"http://{self.host}:{self.port}/api"
+    #: How errors name the server, e.g. "Prefect server".
+    label = "server"
 
     @property
-    def ui_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def health_url(self) -> str:
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        raise NotImplementedError
 
     @property
     def pid(self) -> int | None:
@@ -93,11 +99,11 @@ class LocalPrefectServer(Lifecycle):
         return None if self._process is None else self._process.poll()
 
     def start(self, timeout: float = _HEALTH_TIMEOUT_SECONDS) -> None:
-        """Start the server and wait until `/api/health` answers; again after it ended, on
-        the same port and database. Raises RuntimeError (its one-line reason) if the process
+        """Start the server and wait until it answers healthy; again after it ended, on
+        the same port and state. Raises RuntimeError (its one-line reason) if the process
         exits first, TimeoutError if it never answers."""
         if self.pid is not None:
-            raise RuntimeError(f"the Prefect server at {self.api_url} is already running")
+            raise RuntimeError(f"the {self.label} on port {self.port} is already running")
         self.stop()  # what a dead server left of its process group
         if port_in_use(self.host, self.port):  # found in ms; the server takes seconds to say so
             raise RuntimeError(f"port {self.port} on {self.host} is in use by another process")
@@ -106,8 +112,8 @@ class LocalPrefectServer(Lifecycle):
         with log_path.open("ab") as log:
             log_offset = log.tell()
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--no-background"],
-                env=server_environment(self.state_dir, self.host, self.port),
+                self.command(),
+                env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -120,14 +126,14 @@ class LocalPrefectServer(Lifecycle):
             assert self._process is not None
             if self._process.poll() is not None:
                 raise RuntimeError(
-                    f"Prefect server exited with {self._process.returncode}: "
+                    f"{self.label} exited with {self._process.returncode}: "
                     f"{_last_line(log_path, log_offset)} (log: {log_path})"
                 )
-            if is_healthy(self.api_url):
+            if answers(self.health_url):
                 return
             time.sleep(0.2)
         self.stop()
-        raise TimeoutError(f"Prefect server at {self.api_url} not healthy after {timeout:.0f}s")
+        raise TimeoutError(f"{self.label} at {self.health_url} not healthy after {timeout:.0f}s")
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server and every process it started."""
@@ -146,10 +152,73 @@ class LocalPrefectServer(Lifecycle):
             process.wait()
 
 
+@dataclass
+class LocalPrefectServer(LocalServer):
+    """`prefect server start` on SQLite in `state_dir`."""
+
+    label = "Prefect server"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.api_url}/health"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "prefect", "server", "start", "--no-background"]
+
+    def environment(self) -> dict[str, str]:
+        return server_environment(self.state_dir, self.host, self.port)
+
+
+@dataclass
+class LocalMlflowServer(LocalServer):
+    """`mlflow server`: the MLflow UI (and REST API) over a local tracking store. The
+    store's URI travels in the environment, never on the command line."""
+
+    tracking_uri: str = ""
+    artifacts_dir: Path | None = None
+    port: int = 5000
+
+    label = "MLflow UI"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.ui_url}/health"
+
+    def command(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "mlflow", "server"),
+            *("--host", self.host, "--port", str(self.port), "--workers", "1"),
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["MLFLOW_BACKEND_STORE_URI"] = self.tracking_uri
+        if self.artifacts_dir is not None:
+            env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = str(self.artifacts_dir.resolve())
+        return env
+
+
 def is_healthy(api_url: str) -> bool:
     """Whether a Prefect API answers its health check."""
+    return answers(f"{api_url}/health")
+
+
+def answers(url: str) -> bool:
+    """Whether a GET of `url` answers 200."""
     try:
-        return httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200
+        return httpx.get(url, timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
 

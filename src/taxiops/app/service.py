@@ -12,7 +12,8 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,16 @@ from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
 from taxiops.app.outage_logs import quiet_api_outages
-from taxiops.app.server import LocalPrefectServer, is_healthy, ui_url_for
+from taxiops.app.server import (
+    LocalMlflowServer,
+    LocalPrefectServer,
+    LocalServer,
+    answers,
+    is_healthy,
+    ui_url_for,
+)
 from taxiops.app.supervisor import describe, stopped_within, supervise
-from taxiops.errors import PrefectApiError
+from taxiops.errors import PrefectApiError, StartupError
 from taxiops.intake import PrefectSubmitter, WatcherService
 from taxiops.notify.automations import ApplyReport, set_up_alerting
 from taxiops.notify.dispatch import dispatching
@@ -52,6 +60,7 @@ class ServiceReady:
     incoming_dir: str
     deployments: list[str]
     watching: bool = True  # False with `--no-watch`: a `taxiops watch` elsewhere hands files off
+    mlflow_ui_url: str | None = None  # the MLflow UI, served here or the tracking server's
 
 
 @contextmanager
@@ -94,6 +103,55 @@ def prefect_api(settings: Settings) -> Iterator[PrefectApi]:
         server.stop()
 
 
+@contextmanager
+def mlflow_ui(settings: Settings) -> Iterator[Future[LocalMlflowServer | None]]:
+    """Start the MLflow UI over the local tracking store, in the background (it takes
+    seconds, as Prefect's server does), and make the store, so runs never race to create
+    it. The future gives the server, or None when the UI is off or the store is a
+    server's; it raises `StartupError` when the UI cannot start."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taxiops-mlflow-ui") as pool:
+        started = pool.submit(_start_mlflow_ui, settings)
+        try:
+            yield started
+        finally:
+            with suppress(Exception):  # its error, if any, was raised where it was awaited
+                server = started.result()
+                if server is not None:
+                    server.stop()
+
+
+def _start_mlflow_ui(settings: Settings) -> LocalMlflowServer | None:
+    from taxiops.registry import ModelRegistry
+
+    if settings.mlflow_tracking_uri is not None or not settings.mlflow_ui:
+        ModelRegistry.from_settings(settings).ref()
+        return None
+    server = LocalMlflowServer(
+        state_dir=settings.home / "mlflow-ui",
+        host=settings.server_host,
+        port=settings.mlflow_ui_port,
+        tracking_uri=settings.tracking_uri,
+        artifacts_dir=settings.mlflow_artifacts_dir,
+    )
+    if answers(server.health_url):
+        raise StartupError(
+            "TAXIOPS_MLFLOW_UI_PORT",
+            f"something already serves {server.ui_url}",
+            "set TAXIOPS_MLFLOW_UI_PORT to another port, or TAXIOPS_MLFLOW_UI=false",
+        )
+    try:
+        server.start()
+        ModelRegistry.from_settings(settings).ref()
+    except (RuntimeError, TimeoutError) as exc:
+        server.stop()
+        raise StartupError(
+            "TAXIOPS_MLFLOW_UI_PORT",
+            f"cannot start the MLflow UI: {exc}",
+            "see the log it names, or set TAXIOPS_MLFLOW_UI=false",
+        ) from exc
+    return server
+
+
 def flush_to_api(timeout: float = 10.0) -> None:
     """Send the logs and events this process still holds (the runner's last lines about the
     runs it cancelled, say) while the local server still answers; left to the exit, they
@@ -122,15 +180,17 @@ def run_service(
         settings.incoming_dir.mkdir(parents=True, exist_ok=True)
     with (
         quiet_api_outages(settings.home),
+        mlflow_ui(settings) as ui,
         prefect_api(settings) as api,
         dispatching(settings, slack_webhook_url=slack_webhook_url),
     ):
-        asyncio.run(_serve(settings, api, watch, slack_webhook_url, on_ready))
+        asyncio.run(_serve(settings, api, ui, watch, slack_webhook_url, on_ready))
 
 
 async def _serve(
     settings: Settings,
     api: PrefectApi,
+    ui_started: Future[LocalMlflowServer | None],
     watch: bool,
     slack_webhook_url: str | None,
     on_ready: Callable[[ServiceReady], None] | None,
@@ -139,6 +199,7 @@ async def _serve(
         automations = await set_up_alerting(
             client, settings, api.ui_url, slack_webhook_url=slack_webhook_url
         )
+    ui = await asyncio.wrap_future(ui_started)  # before any run: the store exists
     runner, deployments = await start_serving(settings)
 
     stop = asyncio.Event()
@@ -152,8 +213,9 @@ async def _serve(
     supervisor = RunnerSupervisor(settings, api.api_url, runner)
     serving = asyncio.create_task(supervisor.serve(stop))
     children: list[asyncio.Task[Any]] = [serving]
-    if api.server is not None:
-        children.append(asyncio.create_task(supervise(ServerChild(api.server), stop)))
+    for server in (api.server, ui):
+        if server is not None:
+            children.append(asyncio.create_task(supervise(ServerChild(server), stop)))
     if watcher is not None:
         children.append(asyncio.create_task(supervise(watcher, stop)))
     try:
@@ -165,6 +227,7 @@ async def _serve(
                     incoming_dir=str(settings.incoming_dir),
                     deployments=[f"{d.flow_name}/{d.name}" for d in deployments],
                     watching=watcher is not None,
+                    mlflow_ui_url=settings.mlflow_ui_url,
                 )
             )
         stopped = asyncio.create_task(stop.wait())
@@ -186,23 +249,22 @@ async def _serve(
 
 
 class ServerChild:
-    """The local Prefect server as a supervised child: restarted on the same port and
-    database, so every API URL handed out stays valid."""
+    """A local server (Prefect, the MLflow UI) as a supervised child: restarted on the same
+    port and state, so every URL handed out stays valid."""
 
-    name = "the local Prefect server"
-
-    def __init__(self, server: LocalPrefectServer, *, poll_every: float = 0.2) -> None:
+    def __init__(self, server: LocalServer, *, poll_every: float = 0.2) -> None:
         self._server = server
         self._poll_every = poll_every
         self._watched = False
+        self.name = f"the local {server.label}"
 
     async def start(self, stop: asyncio.Event) -> bool:
         if self._server.pid is not None or not self._watched:
-            return True  # `prefect_api` started it; `wait` tells if it died since
-        if await asyncio.to_thread(is_healthy, self._server.api_url):
-            raise PrefectApiError(f"something else now serves {self._server.api_url}")
+            return True  # `run_service` started it; `wait` tells if it died since
+        if await asyncio.to_thread(answers, self._server.health_url):
+            raise PrefectApiError(f"something else now serves {self._server.health_url}")
         await asyncio.to_thread(self._server.start)
-        logger.info("the local Prefect server answers again at %s", self._server.api_url)
+        logger.info("%s answers again at %s", self.name, self._server.health_url)
         return True
 
     async def wait(self, stop: asyncio.Event) -> str:

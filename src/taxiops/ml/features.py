@@ -6,6 +6,10 @@ training trips, plus the pair's minutes per mile. They are fitted on training
 rows only. Training rows get out-of-fold values (each row's statistics come
 from the other folds), so the model never sees a row's own duration in its
 features; new rows get statistics from all training rows.
+
+This module imports nothing of taxiops: a registered model carries a copy of it, so
+that MLflow loads the model where taxiops is not installed (`taxiops.registry.pyfunc_model`).
+It is therefore where the prepared frame's column names are defined.
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from taxiops.ml.schema import DO_LOCATION, DURATION, PICKUP, PU_LOCATION, TRIP_DISTANCE
+# The prepared frame's columns (`taxiops.ml.schema.PREPARED_COLUMNS` gives their types).
+PU_LOCATION = "PULocationID"
+DO_LOCATION = "DOLocationID"
+TRIP_DISTANCE = "trip_distance"
+PICKUP = "pickup_datetime"
+DURATION = "duration"
 
 FEATURE_NAMES: tuple[str, ...] = (
     "trip_distance",

@@ -18,14 +18,15 @@ from enum import StrEnum
 
 import pyarrow as pa
 
+# The prepared frame's names come from `features`, which a registered model carries.
+from taxiops.ml.features import DO_LOCATION as DO_LOCATION
+from taxiops.ml.features import DURATION as DURATION
+from taxiops.ml.features import PICKUP as PICKUP
+from taxiops.ml.features import PU_LOCATION as PU_LOCATION
+from taxiops.ml.features import TRIP_DISTANCE as TRIP_DISTANCE
 from taxiops.tripfile import TaxiType
 
 # --- the prepared frame ----------------------------------------------------------
-PU_LOCATION = "PULocationID"
-DO_LOCATION = "DOLocationID"
-TRIP_DISTANCE = "trip_distance"
-PICKUP = "pickup_datetime"
-DURATION = "duration"
 
 #: Columns of `PreparedTrips.frame`, in order, with their pandas dtypes.
 PREPARED_COLUMNS: dict[str, str] = {

@@ -87,6 +87,9 @@ class ModelTrained(_Facts):
     drift_psi: dict[str, float] | None = None
     drifted: list[str] | None = None
     drift_threshold: float | None = None
+    production_version: str | None = None
+    replaced_version: str | None = None
+    model_url: str | None = None
 
 
 class RunFailure(_Facts):

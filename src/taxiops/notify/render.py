@@ -120,6 +120,8 @@ _LEVEL: Mapping[NoticeKind, NotifyLevel] = {
 }
 BUTTON_TEXT = "Open flow run in Prefect"
 BUTTON_ACTION_ID = "taxiops-open-flow-run"
+MODEL_BUTTON_TEXT = "Open model in MLflow"
+MODEL_BUTTON_ACTION_ID = "taxiops-open-model"
 
 
 def render_slack(notice: Notice) -> SlackMessage:
@@ -159,11 +161,17 @@ def render_slack(notice: Notice) -> SlackMessage:
             )
         )
     url = notice.flow_run_url
-    if url and len(url) <= ButtonElement.url_max_length:
-        button = ButtonElement(
-            text=PlainTextObject(text=BUTTON_TEXT, emoji=True), url=url, action_id=BUTTON_ACTION_ID
-        )
-        blocks.append(ActionsBlock(elements=[button]))
+    links = [
+        (BUTTON_TEXT, url, BUTTON_ACTION_ID),
+        (MODEL_BUTTON_TEXT, _model_url(notice), MODEL_BUTTON_ACTION_ID),
+    ]
+    buttons = [
+        ButtonElement(text=PlainTextObject(text=text, emoji=True), url=link, action_id=action)
+        for text, link, action in links
+        if link and len(link) <= ButtonElement.url_max_length
+    ]
+    if buttons:
+        blocks.append(ActionsBlock(elements=buttons))
     # to_dict() runs slack_sdk's validators, so a limit broken here raises before sending.
     return SlackMessage(
         text=_fallback_text(plain, url),
@@ -188,6 +196,8 @@ def render_plain(notice: Notice) -> PlainMessage:
         lines += ["", " · ".join(layout.context)]
     if notice.flow_run_url:
         lines.append(f"Flow run: {notice.flow_run_url}")
+    if _model_url(notice):
+        lines.append(f"Model: {_model_url(notice)}")
     return PlainMessage(title=layout.title, body="\n".join(lines).strip(), level=layout.level)
 
 
@@ -216,16 +226,28 @@ def _layout(notice: Notice, fmt: _Format) -> _Layout:
     return layout
 
 
+def _model_url(notice: Notice) -> str | None:
+    facts = notice.facts
+    return facts.model_url if isinstance(facts, ModelTrained) else None
+
+
 def _trained_layout(facts: ModelTrained, fmt: _Format) -> _Layout:
     subject = _join(facts.taxi_type, facts.month)
     version = fmt.code(facts.model_version) if facts.model_version else "The challenger"
     champion = fmt.code(facts.champion_version) if facts.champion_version else "the champion"
-    first = facts.champion_version is None and facts.champion_rmse is None
+    replaced = fmt.code(facts.replaced_version) if facts.replaced_version else champion
+    first = facts.replaced_version is None and facts.champion_version is None
+    first = first and facts.champion_rmse is None
+    itself = facts.promoted is False and facts.model_version is not None
+    itself = itself and facts.model_version == facts.champion_version
     if facts.promoted:
         title = f"{_PROMOTED_EMOJI} New champion"
         summary = f"{fmt.bold('Promoted')}: {version} is the " + (
-            "first champion." if first else f"new champion, replacing {champion}."
+            "first champion." if first else f"new champion, replacing {replaced}."
         )
+    elif itself:
+        title = f"{_EMOJI[NoticeKind.SUCCEEDED]} Model trained, same as production"
+        summary = f"{fmt.bold('Not promoted')}: {version} already is production."
     elif facts.promoted is False:
         title = f"{_EMOJI[NoticeKind.SUCCEEDED]} Model trained, champion kept"
         summary = f"{fmt.bold('Not promoted')}: {champion} stays; {version} did not beat it."

@@ -34,7 +34,10 @@ class TrainingSummary(BaseModel):
     model_version: str
     promoted: bool
     promotion_reason: str
-    production_version: str | None
+    production_version: str | None  # production after the decision
+    replaced_version: str | None = None  # what a promotion replaced
+    model_url: str | None = None  # the version's page in the MLflow UI
+    mlflow_run_id: str | None = None
     champion_version: str | None
     champion_rmse: float | None
     champion_mae: float | None
@@ -55,12 +58,26 @@ class TrainingSummary(BaseModel):
 def render_markdown(summary: TrainingSummary, chart_uri: str | None = None) -> str:
     """The markdown report artifact of a run; `chart_uri` is an image (`data:` URI) of the
     challenger's predicted against actual minutes on the validation month."""
-    verdict = "promoted to production" if summary.promoted else "not promoted"
+    if summary.promoted:
+        verdict = "promoted to production"
+    elif summary.model_version == summary.champion_version:
+        verdict = "already in production"
+    else:
+        verdict = "not promoted"
     lines = [
         f"# {summary.taxi_type} {summary.month}: challenger {summary.model_version} {verdict}",
         "",
         f"*{summary.promotion_reason}* — {summary.seconds:.2f} s, "
         f"{summary.cached_tasks}/{summary.total_tasks} tasks from cache.",
+        "",
+        f"Production after this run: {summary.production_version or 'none'}"
+        + (f" (replacing {summary.replaced_version})" if summary.replaced_version else "")
+        + (
+            f" · [{summary.model_version} in MLflow]({summary.model_url})"
+            if summary.model_url
+            else ""
+        )
+        + ".",
         "",
         "## Scores on the validation month",
         "",
@@ -70,7 +87,7 @@ def render_markdown(summary: TrainingSummary, chart_uri: str | None = None) -> s
     ]
     if summary.champion_version is not None:
         lines.append(
-            f"| champion {summary.champion_version} | {_num(summary.champion_rmse)} "
+            f"| champion at start {summary.champion_version} | {_num(summary.champion_rmse)} "
             f"| {_num(summary.champion_mae)} |"
         )
     else:

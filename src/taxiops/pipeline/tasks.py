@@ -1,8 +1,11 @@
-"""Thin Prefect tasks over `taxiops.ml` and the registry: retries and cache keys, nothing else.
+"""Thin Prefect tasks over `taxiops.ml` and the registry: retries, cache keys and the
+promotion lock, nothing else.
 
 Caching: every task is keyed on the *content* fingerprints of its inputs (see
 `taxiops.pipeline.lineage`), its other parameters, and the version of the code that
-computes it. A replaced file with the same name therefore misses the cache.
+computes it. A replaced file with the same name therefore misses the cache. The tasks
+that read or write the registry's present state (the champion, registration, the
+promotion) are never cached.
 
 Retries: only transient faults (I/O, timeouts, lost connections) are retried,
 with exponential backoff and jitter; a `DataValidationError` fails at once.
@@ -12,24 +15,35 @@ from __future__ import annotations
 
 import errno
 import hashlib
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, is_dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from prefect import Task
-from prefect.cache_policies import CachePolicy
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
 import taxiops
-from taxiops import ml
+from taxiops import ml, names
 from taxiops.errors import TaxiopsError
 from taxiops.pipeline.lineage import MonthBytes, MonthData, TrainedModel, model_key, version_key
-from taxiops.registry import ModelCard, ModelRegistry, ModelVersion, Promotion, RegistryRef
+from taxiops.registry import (
+    ModelCard,
+    ModelRegistry,
+    ModelVersion,
+    Promotion,
+    RegistryRef,
+    TrainingDataset,
+    TrainingRecord,
+)
 from taxiops.settings import Settings
 
 P = ParamSpec("P")
@@ -39,6 +53,9 @@ R = TypeVar("R")
 _DEFAULT_RETRIES: int = Settings.model_fields["task_retries"].default
 _DEFAULT_RETRY_DELAY: float = Settings.model_fields["task_retry_delay_seconds"].default
 
+# A promotion waits this long for another run's decision on the same taxi type.
+_LOCK_TIMEOUT_SECONDS = 600.0
+
 _PERMANENT_OS_ERRORS = {
     errno.ENOENT,
     errno.EACCES,
@@ -46,6 +63,7 @@ _PERMANENT_OS_ERRORS = {
     errno.EROFS,
     errno.ENOSPC,
     errno.EISDIR,
+    errno.ENOTDIR,
 }
 
 
@@ -56,9 +74,20 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
+    if _is_mlflow_server_fault(exc):
+        return True
     if isinstance(exc, OSError):
         return exc.errno not in _PERMANENT_OS_ERRORS
     return False
+
+
+def _is_mlflow_server_fault(exc: BaseException) -> bool:
+    """An MLflow error a retry may cure: the store answered 5xx, or not at all (MLflow
+    reports a refused connection as an internal error, after its own retries)."""
+    exceptions = sys.modules.get("mlflow.exceptions")  # never imported just to ask
+    if exceptions is None or not isinstance(exc, exceptions.MlflowException):
+        return False
+    return int(exc.get_http_status_code()) >= 500
 
 
 def retry_on_transient_fault(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -127,25 +156,29 @@ CONTENT = ContentCachePolicy()
 
 def configured(task_: Task[P, R], settings: Settings) -> Task[P, R]:
     """The task with this deployment's retries and result storage (under `TAXIOPS_HOME`)."""
+    cached = task_.cache_policy is not NO_CACHE
     return task_.with_options(
         retries=settings.task_retries,
         retry_delay_seconds=exponential_backoff(settings.task_retry_delay_seconds)(
             settings.task_retries
         ),
         result_storage=settings.results_dir,
-        cache_policy=CONTENT.configure(key_storage=settings.results_dir / "cache-keys"),
+        cache_policy=CONTENT.configure(key_storage=settings.results_dir / "cache-keys")
+        if cached
+        else NO_CACHE,
     )
 
 
-def taxiops_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
-    """`@task` with taxiops' cache policy, persisted results and transient-only retries."""
+def taxiops_task(name: str, *, cache: bool = True) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """`@task` with taxiops' cache policy (or none: steps that read or write the registry's
+    present state), persisted results and transient-only retries."""
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
         return Task(
             fn=fn,
             name=name,
-            cache_policy=CONTENT,
-            persist_result=True,
+            cache_policy=CONTENT if cache else NO_CACHE,
+            persist_result=cache,  # a result never read from cache is not kept either
             retries=_DEFAULT_RETRIES,
             retry_delay_seconds=exponential_backoff(_DEFAULT_RETRY_DELAY)(_DEFAULT_RETRIES),
             retry_jitter_factor=0.5,
@@ -221,34 +254,86 @@ def evaluate_challenger(challenger: TrainedModel, month: MonthData) -> ml.Metric
 
 @taxiops_task("plot-predictions")
 def plot_predictions(challenger: TrainedModel, month: MonthData) -> str:
-    """The challenger's predicted against actual minutes on the month, as a `data:` SVG URI."""
-    from taxiops.ml.plots import svg_data_uri
+    """The challenger's predicted against actual minutes on the month, as an SVG document."""
     from taxiops.ml.schema import DURATION
 
     frame = month.trips.frame
     predicted = challenger.model.predict(frame)
-    return svg_data_uri(ml.predicted_vs_actual_svg(frame[DURATION], predicted))
+    return ml.predicted_vs_actual_svg(frame[DURATION], predicted)
 
 
-@taxiops_task("register-challenger")
+@taxiops_task("open-registry", cache=False)
+def open_registry(tracking_uri: str, artifact_root: Path | None) -> RegistryRef:
+    """The MLflow store as a task input (its experiment made on first use)."""
+    return ModelRegistry(tracking_uri, artifact_root).ref()
+
+
+@taxiops_task("read-champion", cache=False)
+def read_champion(registry: RegistryRef, taxi_type: str) -> ModelVersion | None:
+    """The version in production as the run begins (None before the first promotion)."""
+    return ModelRegistry.of(registry).production(taxi_type)
+
+
+@taxiops_task("register-challenger", cache=False)
 def register_challenger(
-    registry: RegistryRef, challenger: TrainedModel, metrics: ml.Metrics, validation: MonthData
+    registry: RegistryRef,
+    challenger: TrainedModel,
+    metrics: ml.Metrics,
+    train_months: list[MonthData],
+    validation: MonthData,
+    chart_svg: str | None,
+    run_tags: dict[str, str],
 ) -> ModelVersion:
-    """Keep the challenger as a new registry version (idempotent by the key of its training
-    and validation data)."""
+    """Log the challenger as an MLflow run and register it as a version (idempotent by the
+    key of its training and validation data). Never cached: the store is the truth."""
+    from taxiops.ml.schema import trip_columns
+
+    trip = validation.file.trip
     card = ModelCard(
-        taxi_type=validation.file.trip.taxi_type,
+        taxi_type=trip.taxi_type,
         model_key=version_key(challenger.model_key, validation),
         validation_month=validation.label,
         train_months=list(challenger.months),
-        data_sha256={**challenger.data_sha256, validation.file.trip.name: validation.file.sha256},
+        data_sha256={**challenger.data_sha256, trip.name: validation.file.sha256},
         params=challenger.params.as_dict(),
         code_version=code_version(),
         metrics={"rmse": metrics.rmse, "mae": metrics.mae},
         train_rows=challenger.train_rows,
         val_rows=metrics.rows,
     )
-    return ModelRegistry(registry.root).register(challenger.model, card)
+    record = TrainingRecord(
+        card=card,
+        params={
+            **{key: str(value) for key, value in card.params.items()},
+            "train_months": ", ".join(card.train_months),
+            "validation_month": card.validation_month,
+            "data_rules": validation.rules,
+        },
+        tags={
+            **run_tags,
+            "taxi_type": trip.taxi_type,
+            "validation_month": card.validation_month,
+            "code_version": card.code_version,
+            **{f"sha256.{name}": digest for name, digest in card.data_sha256.items()},
+        },
+        datasets=[
+            *(_dataset(month, "training") for month in train_months),
+            _dataset(validation, "validation"),
+        ],
+        pickup_column=trip_columns(trip.taxi_type).pickup,
+        chart_svg=chart_svg,
+    )
+    return ModelRegistry.of(registry).register(challenger.model, record)
+
+
+def _dataset(month: MonthData, context: Literal["training", "validation"]) -> TrainingDataset:
+    return TrainingDataset(
+        name=f"{month.file.trip.name}" + ("" if month.part == "all" else f" ({month.part})"),
+        sha256=month.file.sha256,
+        source=str(month.file.path),
+        frame=month.trips.frame,
+        context=context,
+    )
 
 
 @dataclass(frozen=True)
@@ -266,20 +351,23 @@ def evaluate_champion(
     """Score the production model on the challenger's validation month."""
     if champion is None:
         return ChampionScore(version=None, metrics=None)
-    model = ModelRegistry(registry.root).load_model(champion)
+    model = ModelRegistry.of(registry).load_model(champion)
     return ChampionScore(version=champion, metrics=ml.evaluate(model, month.trips.frame))
 
 
-@taxiops_task("promote-if-better")
+@taxiops_task("promote-if-better", cache=False)
 def promote_if_better(
     registry: RegistryRef,
     challenger: ModelVersion,
     metrics: ml.Metrics,
     champion: ChampionScore,
     month: MonthData,
+    decided_by: str,
 ) -> Promotion:
-    """Promote the challenger if the registry's rule says it beats production on `month`."""
-    models = ModelRegistry(registry.root)
+    """Promote the challenger if the registry's rule says it beats production on `month`,
+    under the taxi type's Prefect concurrency limit. Never cached: it decides on the
+    production of now."""
+    models = ModelRegistry.of(registry)
 
     def rescore(version: ModelVersion) -> ml.Metrics:
         return ml.evaluate(models.load_model(version), month.trips.frame)
@@ -290,4 +378,43 @@ def promote_if_better(
         champion=champion.version,
         champion_metrics=champion.metrics,
         rescore=rescore,
+        lock=promotion_lock,
+        decided_by=decided_by,
     )
+
+
+@taxiops_task("record-outcome", cache=False)
+def record_outcome(
+    registry: RegistryRef, version: ModelVersion, seconds: float, promotion: Promotion
+) -> None:
+    """Log the flow's wall time and the verdict on the challenger's run."""
+    ModelRegistry.of(registry).record_outcome(
+        version,
+        {"pipeline_seconds": seconds},
+        {
+            "promoted": str(promotion.promoted).lower(),
+            "promotion_reason": promotion.reason[:4000],
+            "production_after": promotion.production or "none",
+        },
+    )
+
+
+@contextmanager
+def promotion_lock(taxi_type: str) -> Iterator[None]:
+    """One promotion decision at a time per taxi type, wherever its runs execute: a Prefect
+    global concurrency limit of 1, created on first use."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = f"{names.PROMOTION_LOCK_PREFIX}{taxi_type}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):  # created meanwhile by another run
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+    with concurrency(name, occupy=1, strict=True, timeout_seconds=_LOCK_TIMEOUT_SECONDS):
+        yield

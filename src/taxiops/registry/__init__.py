@@ -1,27 +1,42 @@
-"""The model registry: every trained model kept as a version; one champion in production."""
+"""The model registry in MLflow: a run and a version per challenger, the champion alias
+on production, and the promotion rule."""
 
 from __future__ import annotations
 
+from taxiops.registry._rules import (
+    is_backfill,
+    judge,
+    rmse_comparison,
+    should_promote,
+    validation_month_of,
+)
 from taxiops.registry._store import (
+    CHAMPION_ALIAS,
+    EXPERIMENT_NAME,
     ModelCard,
     ModelRegistry,
     ModelVersion,
     Promotion,
     RegistryRef,
-    is_backfill,
-    judge,
-    should_promote,
-    validation_month_of,
+    TrainingDataset,
+    TrainingRecord,
+    model_name,
 )
 
 __all__ = [
+    "CHAMPION_ALIAS",
+    "EXPERIMENT_NAME",
     "ModelCard",
     "ModelRegistry",
     "ModelVersion",
     "Promotion",
     "RegistryRef",
+    "TrainingDataset",
+    "TrainingRecord",
     "is_backfill",
     "judge",
+    "model_name",
+    "rmse_comparison",
     "should_promote",
     "validation_month_of",
 ]

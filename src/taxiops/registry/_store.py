@@ -1,62 +1,81 @@
-"""The model registry: every trained model kept as a version; one champion in production.
+"""The model registry in MLflow: a run per training, a version per challenger, the
+`champion` alias on production.
 
-Layout under `TAXIOPS_HOME/models/<taxi type>/`:
+Each taxi type has a registered model `taxi-duration-<type>`. A challenger is an MLflow
+run (params, metrics, tags, input datasets, the model as a pyfunc that loads without
+taxiops, see `pyfunc_model`) and a version of that model whose tags carry its card. The
+alias `champion` marks production; the version promoted records the version it replaced.
 
-    v0001/            model files (see `DurationModel.save`) + card.json
-    v0002/
-    production.json   which version serves, and the version it replaced
-
-New versions are written to a temporary folder and renamed into place, and
-`production.json` is replaced atomically, so a crash or a full disk at any
-moment leaves the previous production model intact. A lock file serialises
-writers across processes.
+Writes are idempotent: registering the same training judged on the same bytes again
+returns the first version (found by its `taxiops.version_key` tag), and a promotion
+retried after a fault finds its own earlier decision. Only a finished run becomes a
+version, and a version is promoted only once it is READY, so a half-registered model
+never serves.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import tempfile
+import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from taxiops import ml
 from taxiops.errors import RegistryError
-from taxiops.fileio import exclusive_lock, fsync_dir, write_atomically
+from taxiops.registry._rules import judge
 
 if TYPE_CHECKING:
-    from taxiops.ml import DurationModel, Metrics
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion as MlflowModelVersion
 
-CARD_FILE = "card.json"
-PRODUCTION_FILE = "production.json"
-LOCK_FILE = ".lock"
-IDENTITY_FILE = ".registry-id"
+    from taxiops.ml import DurationModel, Metrics
+    from taxiops.settings import Settings
+
+#: The registered model of a taxi type is `taxi-duration-<type>`.
+MODEL_NAME_PREFIX = "taxi-duration-"
+#: The alias of the production version.
+CHAMPION_ALIAS = "champion"
+#: The MLflow experiment of every training run.
+EXPERIMENT_NAME = "taxi-duration"
+
+_TAG = "taxiops."
+_STORE_ID_TAG = _TAG + "store_id"
+_VERSION_KEY_TAG = _TAG + "version_key"
+_MODEL_URI_TAG = _TAG + "model_uri"
+_CARD_TAG = _TAG + "card"
+_PROMOTION_TAG = _TAG + "promotion"
+_READY_TIMEOUT_SECONDS = 300.0
 
 Scorer = Callable[["ModelVersion"], "Metrics"]
+Lock = Callable[[str], AbstractContextManager[None]]
 
-# What a user who meets a failed registry write should know and do.
-_WRITE_FAILED_HINT = (
-    "production is unchanged; free space or make the folder writable, "
-    "then `taxiops retry` the month file"
-)
+
+def model_name(taxi_type: str) -> str:
+    """The registered model of a taxi type."""
+    return f"{MODEL_NAME_PREFIX}{taxi_type}"
 
 
 @dataclass(frozen=True)
 class RegistryRef:
     """A registry as a task input: its identity is in cache keys, so results cached against
-    a registry that was since deleted or replaced are not served for the new one."""
+    a tracking store that was since deleted or replaced are not served for the new one."""
 
-    root: Path
+    tracking_uri: str = field(repr=False)
+    artifact_root: Path | None
     identity: str
 
     @property
     def cache_fingerprint(self) -> str:
-        return f"{self.root}:{self.identity}"
+        return f"mlflow:{self.identity}"
 
 
 @dataclass(frozen=True)
@@ -78,168 +97,176 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """A registered model version."""
+    """A registered version of a taxi type's model."""
 
     taxi_type: str
     number: int
-    path: Path
+    run_id: str
     card: ModelCard
 
     @property
     def name(self) -> str:
-        return f"v{self.number:04d}"
+        return f"v{self.number}"
+
+    @property
+    def model_name(self) -> str:
+        return model_name(self.taxi_type)
+
+    @property
+    def uri(self) -> str:
+        """`models:/taxi-duration-<type>/<number>`, for `mlflow.pyfunc.load_model`."""
+        return f"models:/{self.model_name}/{self.number}"
 
     @property
     def cache_fingerprint(self) -> str:
-        return f"{self.taxi_type}/{self.name}/{self.card.model_key}"
+        return f"{self.taxi_type}/{self.number}/{self.card.model_key}/{self.run_id}"
+
+
+@dataclass(frozen=True)
+class TrainingDataset:
+    """A month a run trained or validated on, logged as an MLflow dataset input."""
+
+    name: str
+    sha256: str
+    source: str
+    frame: pd.DataFrame = field(repr=False)
+    context: Literal["training", "validation"]
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """Everything an MLflow run of a challenger records besides its model."""
+
+    card: ModelCard
+    params: dict[str, str]
+    tags: dict[str, str]
+    datasets: list[TrainingDataset]
+    pickup_column: str
+    chart_svg: str | None = None
 
 
 @dataclass(frozen=True)
 class Promotion:
-    """The outcome of a promotion attempt."""
+    """The outcome of a promotion attempt: production before and after it."""
 
     promoted: bool
     reason: str
     production: str | None
-
-
-def _same_content(one: ModelCard, other: ModelCard) -> bool:
-    """Whether two cards describe the same training judged on the same data: the key, and
-    the bytes and month it names, so different contents never share a version."""
-    return (
-        one.model_key == other.model_key
-        and one.data_sha256 == other.data_sha256
-        and one.validation_month == other.validation_month
-    )
-
-
-def should_promote(challenger: Metrics, champion: Metrics | None) -> bool:
-    """A challenger replaces the champion only when its RMSE is no worse on the same month."""
-    return champion is None or challenger.rmse <= champion.rmse
-
-
-def validation_month_of(version: ModelVersion) -> str:
-    """`YYYY-MM` of the month a version was judged on (labels may say "(validation)")."""
-    return version.card.validation_month[:7]
-
-
-def is_backfill(challenger: ModelVersion, champion: ModelVersion) -> bool:
-    """Whether the challenger was judged on an older month than the champion was: a model
-    for a late-arriving old month must not replace one built for newer data."""
-    return validation_month_of(challenger) < validation_month_of(champion)
-
-
-def judge(
-    challenger: ModelVersion,
-    metrics: Metrics,
-    champion: ModelVersion | None,
-    champion_metrics: Metrics | None,
-) -> tuple[bool, str]:
-    """The promotion rule, and its reason in words: no champion yet, or not a backfill and
-    an RMSE no worse than the champion's on the same month (the reason says better, worse
-    or equal, and by how much)."""
-    if champion is None or champion_metrics is None:
-        return True, f"first {challenger.taxi_type} model"
-    if is_backfill(challenger, champion):
-        return False, (
-            f"{validation_month_of(challenger)} is older than {champion.name}'s month "
-            f"{validation_month_of(champion)}: a backfill never replaces production"
-        )
-    return (
-        should_promote(metrics, champion_metrics),
-        rmse_comparison(metrics.rmse, champion.name, champion_metrics.rmse),
-    )
-
-
-def rmse_comparison(rmse: float, champion_name: str, champion_rmse: float) -> str:
-    """The challenger's RMSE against the champion's in words: better, worse or equal, and by
-    how much (to three decimals, as both are shown)."""
-    delta = rmse - champion_rmse
-    if delta == 0:
-        return f"RMSE {rmse:.3f} equals {champion_name}'s {champion_rmse:.3f}"
-    word = "better" if delta < 0 else "worse"
-    gap = f"{abs(delta):.3f}" if abs(delta) >= 0.0005 else "less than 0.001"
-    return f"RMSE {rmse:.3f} is {word} than {champion_name}'s {champion_rmse:.3f} by {gap}"
+    replaced: str | None = None
 
 
 class ModelRegistry:
-    """Model versions and the production pointer for each taxi type, on local disk."""
+    """Model versions and the champion alias of each taxi type, in an MLflow tracking store."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(
+        self, tracking_uri: str, artifact_root: Path | None = None, *, identity: str | None = None
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self._identity = identity
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The registry `settings` name (`MLFLOW_TRACKING_URI`, or the local store)."""
+        return cls(settings.tracking_uri, settings.mlflow_artifacts_dir)
+
+    @classmethod
+    def of(cls, ref: RegistryRef) -> ModelRegistry:
+        """The registry a task input names."""
+        return cls(ref.tracking_uri, ref.artifact_root, identity=ref.identity)
+
+    @cached_property
+    def client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     # --- reading --------------------------------------------------------------
     def versions(self, taxi_type: str) -> list[ModelVersion]:
-        """All versions of a taxi type, oldest first."""
-        folder = self.root / taxi_type
-        if not folder.is_dir():
-            return []
-        found = [
-            self._read_version(taxi_type, entry)
-            for entry in folder.iterdir()
-            if entry.is_dir() and entry.name.startswith("v") and entry.name[1:].isdigit()
-        ]
-        return sorted(found, key=lambda v: v.number)
+        """All taxiops versions of a taxi type, oldest first."""
+        found = self.client.search_model_versions(f"name='{model_name(taxi_type)}'")
+        versions = [_version(taxi_type, v) for v in found if _CARD_TAG in (v.tags or {})]
+        return sorted(versions, key=lambda v: v.number)
 
     def taxi_types(self) -> list[str]:
-        """Taxi types that have at least one version."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+        """Taxi types that have a registered model."""
+        found = self.client.search_registered_models(f"name LIKE '{MODEL_NAME_PREFIX}%'")
+        return sorted(m.name.removeprefix(MODEL_NAME_PREFIX) for m in found)
 
     def production(self, taxi_type: str) -> ModelVersion | None:
-        """The version serving in production, or None before the first promotion."""
-        record = self._read_production(taxi_type)
-        if record is None:
-            return None
-        return self.version(taxi_type, int(record["version"]))
+        """The version the `champion` alias points at, or None before the first promotion."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_model_version_by_alias(model_name(taxi_type), CHAMPION_ALIAS)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        if _CARD_TAG not in (found.tags or {}):
+            raise RegistryError(
+                self.tracking_uri,
+                f"{model_name(taxi_type)}@{CHAMPION_ALIAS} is version {found.version}, "
+                "which taxiops did not register; point the alias at a taxiops version",
+            )
+        return _version(taxi_type, found)
 
     def version(self, taxi_type: str, number: int) -> ModelVersion:
         """One version by number."""
-        return self._read_version(taxi_type, self.root / taxi_type / f"v{number:04d}")
+        return _version(
+            taxi_type, self.client.get_model_version(model_name(taxi_type), str(number))
+        )
 
-    def champion_for(self, challenger: ModelVersion) -> ModelVersion | None:
-        """The version a challenger must beat: production, or what it replaced if the
-        challenger already is production (so re-running the same data compares the same pair)."""
-        record = self._read_production(challenger.taxi_type)
-        if record is None:
-            return None
-        if int(record["version"]) != challenger.number:
-            return self.version(challenger.taxi_type, int(record["version"]))
-        replaced = record.get("replaced")
-        return None if replaced is None else self.version(challenger.taxi_type, int(replaced))
+    def promotion_of(self, version: ModelVersion) -> dict[str, Any] | None:
+        """What the promotion of `version` recorded (`by`, `replaced`, `at`), if it was promoted."""
+        tags = self.client.get_model_version(version.model_name, str(version.number)).tags or {}
+        raw = tags.get(_PROMOTION_TAG)
+        return None if raw is None else dict(json.loads(raw))
 
     def load_model(self, version: ModelVersion) -> DurationModel:
         """The model of a version, ready to predict."""
-        try:
-            return ml.DurationModel.load(version.path)
-        except (OSError, ValueError) as exc:
-            raise RegistryError(version.path, f"cannot load model {version.name}: {exc}") from exc
+        from mlflow.artifacts import download_artifacts
+
+        from taxiops import ml
+
+        with tempfile.TemporaryDirectory(prefix="taxiops-model-") as folder:
+            local = Path(download_artifacts(artifact_uri=version.uri, dst_path=folder))
+            try:
+                return ml.DurationModel.load(local / "artifacts" / "model")
+            except (OSError, ValueError) as exc:
+                raise RegistryError(
+                    self.tracking_uri, f"cannot load {version.model_name} {version.name}: {exc}"
+                ) from exc
+
+    def ref(self) -> RegistryRef:
+        """This registry as a task input, creating its experiment and identity on first use."""
+        return RegistryRef(self.tracking_uri, self.artifact_root, self._store_identity())
 
     # --- writing --------------------------------------------------------------
-    def register(self, model: DurationModel, card: ModelCard) -> ModelVersion:
-        """Store a model as a new version; the same card again (same `model_key`, made from
-        and judged on the same bytes) returns the first version."""
-        folder = self.root / card.taxi_type
-        with self._locked(card.taxi_type):
-            versions = self.versions(card.taxi_type)
-            for existing in versions:
-                if _same_content(existing.card, card):
-                    return existing
-            number = max((v.number for v in versions), default=0) + 1
-            staging = folder / f".staging-{uuid.uuid4().hex}"
-            try:
-                staging.mkdir(parents=True)
-                model.save(staging)
-                _write_json_durably(staging / CARD_FILE, asdict(card))
-                os.rename(staging, folder / f"v{number:04d}")
-                fsync_dir(folder)
-            except OSError as exc:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise RegistryError(
-                    folder, f"cannot write version v{number:04d}: {exc}; {_WRITE_FAILED_HINT}"
-                ) from exc
-        return self.version(card.taxi_type, number)
+    def register(self, model: DurationModel, record: TrainingRecord) -> ModelVersion:
+        """Log a challenger as a run and register it as a version of its taxi type's model;
+        the same card again (same `model_key`: the same training judged on the same bytes)
+        returns the first version."""
+        card = record.card
+        run_id = self._finished_run(card.model_key) or self._log_run(model, record)
+        name = model_name(card.taxi_type)
+        self._ensure_registered_model(name)
+        existing = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        if existing:
+            found = existing[0]
+        else:
+            source = self.client.get_run(run_id).data.tags[_MODEL_URI_TAG]
+            found = self.client.create_model_version(
+                name,
+                source,
+                run_id=run_id,
+                tags={_CARD_TAG: json.dumps(asdict(card), sort_keys=True)},
+                description=(
+                    f"{card.taxi_type} trained on {', '.join(card.train_months)}, "
+                    f"validated on {card.validation_month}"
+                ),
+            )
+        return _version(card.taxi_type, self._await_ready(found))
 
     def promote_if_better(
         self,
@@ -249,86 +276,238 @@ class ModelRegistry:
         champion: ModelVersion | None,
         champion_metrics: Metrics | None,
         rescore: Scorer,
+        lock: Lock,
+        decided_by: str,
     ) -> Promotion:
-        """Judge the challenger against production and promote it if it wins, under the
-        registry lock. If production changed since `champion` was scored (another run
-        promoted meanwhile), the new production model is scored with `rescore` first, so
-        a model is never judged against a champion that no longer serves."""
+        """Judge the challenger against production and promote it if it wins, holding
+        `lock(taxi_type)` (one that holds across machines). If production changed since
+        `champion` was scored (another run promoted meanwhile), the new production model is
+        scored with `rescore` and judged against instead, and the reason says so.
+        `decided_by` (the flow run) is recorded with the promotion, so a retry of the same
+        decision finds it instead of judging the challenger against itself."""
         taxi_type = challenger.taxi_type
-        with self._locked(taxi_type):
-            current = self._production_number(taxi_type)
-            if current == challenger.number:
-                return Promotion(
-                    True, f"{challenger.name} is already in production", challenger.name
+        with lock(taxi_type):
+            current = self.production(taxi_type)
+            if current is not None and current.number == challenger.number:
+                return self._already_production(challenger, decided_by)
+            note = ""
+            if _number(current) != _number(champion):
+                note = (
+                    f"production changed during this run ({_name(champion)} -> "
+                    f"{_name(current)}); judged against {_name(current)}: "
                 )
-            if current != (None if champion is None else champion.number):
-                champion = None if current is None else self.version(taxi_type, current)
-                champion_metrics = None if champion is None else rescore(champion)
+                champion = current
+                champion_metrics = None if current is None else rescore(current)
             promoted, reason = judge(challenger, metrics, champion, champion_metrics)
             if not promoted:
-                return Promotion(False, reason, None if champion is None else champion.name)
+                return Promotion(False, note + reason, _name(champion), None)
             record = {
-                "version": challenger.number,
-                "replaced": None if champion is None else champion.number,
-                "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "by": decided_by,
+                "replaced": _number(champion),
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-            path = self.root / taxi_type / PRODUCTION_FILE
-            try:
-                _write_json_durably(path, record)
-            except OSError as exc:
-                raise RegistryError(
-                    path, f"cannot promote {challenger.name}: {exc}; {_WRITE_FAILED_HINT}"
-                ) from exc
-        return Promotion(True, reason, challenger.name)
+            # The record first: a decision that set the alias always says what it replaced.
+            name = challenger.model_name
+            self.client.set_model_version_tag(
+                name, str(challenger.number), _PROMOTION_TAG, json.dumps(record)
+            )
+            self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(challenger.number))
+        return Promotion(True, note + reason, challenger.name, _name(champion))
 
-    def ref(self) -> RegistryRef:
-        """This registry as a task input, creating its folder and identity on first use."""
-        path = self.root / IDENTITY_FILE
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                _write_json_durably(path, {"identity": uuid.uuid4().hex})
-            identity = str(json.loads(path.read_text())["identity"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise RegistryError(self.root, f"cannot open the registry: {exc}") from exc
-        return RegistryRef(root=self.root, identity=identity)
+    def record_outcome(
+        self, version: ModelVersion, metrics: dict[str, float], tags: dict[str, str]
+    ) -> None:
+        """Add what is known only once the flow ends (its seconds, the verdict) to the run."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            version.run_id,
+            metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
+            tags=[RunTag(key, value) for key, value in tags.items()],
+        )
 
     # --- internals --------------------------------------------------------------
-    @contextmanager
-    def _locked(self, taxi_type: str) -> Iterator[None]:
-        folder = self.root / taxi_type
-        with ExitStack() as held:
+    def _already_production(self, challenger: ModelVersion, decided_by: str) -> Promotion:
+        record = self.promotion_of(challenger) or {}
+        if record.get("by") == decided_by:  # this decision, retried after a fault
+            replaced = record.get("replaced")
+            return Promotion(
+                True,
+                f"{challenger.name} promoted",
+                challenger.name,
+                None if replaced is None else f"v{replaced}",
+            )
+        return Promotion(
+            False,
+            f"{challenger.name} is the production model itself (trained and judged on the "
+            "same data): production unchanged",
+            challenger.name,
+            None,
+        )
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(EXPERIMENT_NAME)
+        if found is not None:
+            return str(found.experiment_id)
+        location = None if self.artifact_root is None else self.artifact_root.resolve().as_uri()
+        try:
+            return str(
+                self.client.create_experiment(
+                    EXPERIMENT_NAME,
+                    artifact_location=location,
+                    tags={_STORE_ID_TAG: uuid.uuid4().hex},
+                )
+            )
+        except MlflowException as exc:  # created meanwhile by another run
+            found = self.client.get_experiment_by_name(EXPERIMENT_NAME)
+            if found is None:
+                raise exc from None
+            return str(found.experiment_id)
+
+    def _store_identity(self) -> str:
+        if self._identity is None:
+            experiment = self.client.get_experiment(self._experiment_id())
+            identity = experiment.tags.get(_STORE_ID_TAG)
+            if identity is None:  # an experiment made by hand: adopt it
+                identity = uuid.uuid4().hex
+                self.client.set_experiment_tag(experiment.experiment_id, _STORE_ID_TAG, identity)
+            self._identity = identity
+        return self._identity
+
+    def _ensure_registered_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-                held.enter_context(exclusive_lock(folder / LOCK_FILE))
-            except OSError as exc:
+                self.client.create_registered_model(
+                    name, description="NYC taxi trip duration in minutes, by taxiops."
+                )
+            except MlflowException as again:
+                if again.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+
+    def _finished_run(self, version_key: str) -> str | None:
+        runs = self.client.search_runs(
+            [self._experiment_id()],
+            filter_string=(
+                f"tags.`{_VERSION_KEY_TAG}` = '{version_key}' and attributes.status = 'FINISHED'"
+            ),
+            max_results=1,
+        )
+        return None if not runs else str(runs[0].info.run_id)
+
+    def _log_run(self, model: DurationModel, record: TrainingRecord) -> str:
+        import mlflow
+
+        card = record.card
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        tags = {**record.tags, _VERSION_KEY_TAG: card.model_key}
+        with (
+            mlflow.start_run(
+                experiment_id=self._experiment_id(),
+                run_name=f"{card.taxi_type} {card.validation_month}",
+                tags=tags,
+            ) as run,
+            tempfile.TemporaryDirectory(prefix="taxiops-model-") as staging,
+        ):
+            mlflow.log_params(record.params)
+            mlflow.log_metrics(
+                {
+                    "rmse": card.metrics["rmse"],
+                    "mae": card.metrics["mae"],
+                    "train_rows": card.train_rows,
+                    "val_rows": card.val_rows,
+                }
+            )
+            for dataset in record.datasets:
+                mlflow.log_input(_dataset(dataset), context=dataset.context)
+            if record.chart_svg is not None:
+                mlflow.log_text(record.chart_svg, "predicted_vs_actual.svg")
+            info = _log_pyfunc(model, Path(staging), record)
+            mlflow.set_tag(_MODEL_URI_TAG, info.model_uri)
+        return str(run.info.run_id)
+
+    def _await_ready(self, version: MlflowModelVersion) -> MlflowModelVersion:
+        deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+        while version.status != "READY":
+            if version.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
                 raise RegistryError(
-                    folder, f"cannot open the registry: {exc}; {_WRITE_FAILED_HINT}"
-                ) from exc
-            yield
-
-    def _production_number(self, taxi_type: str) -> int | None:
-        record = self._read_production(taxi_type)
-        return None if record is None else int(record["version"])
-
-    def _read_production(self, taxi_type: str) -> dict[str, Any] | None:
-        path = self.root / taxi_type / PRODUCTION_FILE
-        if not path.exists():
-            return None
-        try:
-            record: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise RegistryError(path, f"unreadable production record: {exc}") from exc
-        return record
-
-    def _read_version(self, taxi_type: str, path: Path) -> ModelVersion:
-        try:
-            card = ModelCard(**json.loads((path / CARD_FILE).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise RegistryError(path, f"unreadable model card: {exc}") from exc
-        return ModelVersion(taxi_type=taxi_type, number=int(path.name[1:]), path=path, card=card)
+                    self.tracking_uri,
+                    f"{version.name} version {version.version} is {version.status}: "
+                    f"{version.status_message or 'not ready'}; it is not promoted",
+                )
+            time.sleep(0.5)
+            version = self.client.get_model_version(version.name, version.version)
+        return version
 
 
-def _write_json_durably(path: Path, data: object) -> None:
-    """Replace `path` with `data` as JSON, durably (see `taxiops.fileio.write_atomically`)."""
-    write_atomically(path, json.dumps(data, indent=2, sort_keys=True))
+def _log_pyfunc(model: DurationModel, staging: Path, record: TrainingRecord) -> Any:
+    """Log the model as a pyfunc that needs no taxiops: its saved files, a copy of the
+    feature code, and `pyfunc_model.py` as its code."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+
+    from taxiops.ml import features
+
+    folder = staging / "model"
+    model.save(folder)
+    shutil.copyfile(features.__file__, folder / "features.py")
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        artifacts={"model": str(folder)},
+        model_config={"pickup_column": record.pickup_column},
+        pip_requirements=[
+            f"mlflow=={mlflow.__version__}",
+            f"xgboost=={xgb.__version__}",
+            f"pandas=={pd.__version__}",
+            f"numpy=={np.__version__}",
+        ],
+    )
+
+
+def _dataset(dataset: TrainingDataset) -> Any:
+    from mlflow.data.pandas_dataset import from_pandas
+
+    # MLflow keeps a digest of at most 36 characters; the run's tags hold the whole sha256.
+    with warnings.catch_warnings():
+        # That a path could be two kinds of local source, and that integer columns cannot
+        # hold nulls: the prepared frame has none.
+        warnings.simplefilter("ignore", UserWarning)
+        return from_pandas(
+            dataset.frame,
+            source=dataset.source,
+            name=dataset.name,
+            targets="duration",
+            digest=dataset.sha256[:32],
+        )
+
+
+def _version(taxi_type: str, found: MlflowModelVersion) -> ModelVersion:
+    try:
+        card = ModelCard(**json.loads((found.tags or {})[_CARD_TAG]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RegistryError(
+            "mlflow", f"{found.name} version {found.version} has no readable card: {exc}"
+        ) from exc
+    return ModelVersion(
+        taxi_type=taxi_type, number=int(found.version), run_id=str(found.run_id), card=card
+    )
+
+
+def _number(version: ModelVersion | None) -> int | None:
+    return None if version is None else version.number
+
+
+def _name(version: ModelVersion | None) -> str | None:
+    return None if version is None else version.name
