@@ -254,7 +254,10 @@ def _train(
         train_months,
         validation,
         chart,
-        {"prefect.flow_run_id": run_id, "prefect.flow_run_url": _flow_run_url(run_id)},
+        {
+            "prefect.flow_run_id": run_id,
+            "prefect.flow_run_url": names.flow_run_url(get_current_settings().ui_url, run_id) or "",
+        },
     )
     champion = steps.run(tasks.evaluate_champion, registry, production, validation)
     promotion = steps.run(
@@ -300,12 +303,6 @@ def _train(
     steps.run(tasks.record_outcome, registry, version, summary.seconds, promotion)
     _publish(settings, summary, chart)
     return summary
-
-
-def _flow_run_url(run_id: str) -> str:
-    """This run's page in the Prefect UI (as the alerts link it)."""
-    ui = (get_current_settings().ui_url or "").rstrip("/")
-    return f"{ui}/runs/flow-run/{run_id}" if ui and run_id else ""
 
 
 def _version_url(settings: Settings, version: ModelVersion) -> str | None:

@@ -74,3 +74,10 @@ def flow_run_name(file_name: str, sha256: str, runs: int = 1) -> str:
     `green_tripdata_2023-03-1a2b3c4d` (`-run2` for a file's second run)."""
     stem = file_name.removesuffix(".parquet")
     return f"{stem}-{sha256[:8]}" + (f"-run{runs}" if runs > 1 else "")
+
+
+def flow_run_url(ui_url: str | None, flow_run_id: str | None) -> str | None:
+    """A flow run's page in the Prefect UI, when both are known."""
+    if ui_url and flow_run_id:
+        return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+    return None

@@ -18,6 +18,7 @@ from taxiops.app.server import LocalPrefectServer
 from taxiops.intake import FileState
 from taxiops.notify import InboxMessage, SlackInbox
 from taxiops.registry import ModelRegistry
+from taxiops.settings import load_settings
 from tests.e2e.harness import (
     WATCH_READY,
     ServedSite,
@@ -80,7 +81,7 @@ def crash_alert(inbox: SlackInbox, run: FlowRun) -> InboxMessage | None:
 
 def registry_of(home: Path) -> tuple[str | None, list[str]]:
     """The champion and every version of the site's green model."""
-    registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
+    registry = ModelRegistry.from_settings(load_settings(home=home))
     production = registry.production("green")
     versions = [v.name for v in registry.versions("green")]
     return (None if production is None else production.name), versions

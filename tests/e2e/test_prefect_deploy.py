@@ -19,6 +19,7 @@ from taxiops import names
 from taxiops.app.server import LocalPrefectServer, free_port
 from taxiops.ml import write_synth_month
 from taxiops.registry import ModelRegistry
+from taxiops.settings import load_settings
 from taxiops.tripfile import Month
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,5 +72,5 @@ def test_prefect_deploy_all_and_a_process_worker_train_a_month(tmp_path: Path) -
             run = client.read_flow_run(UUID(run_id))
         assert run.state is not None and run.state.is_completed(), run.state
         home = tmp_path / "home"
-        champion = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}").production("green")
+        champion = ModelRegistry.from_settings(load_settings(home=home)).production("green")
         assert champion is not None and champion.run_id

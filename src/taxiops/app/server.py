@@ -78,6 +78,10 @@ class LocalServer(Lifecycle):
     label = "server"
 
     @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
     def health_url(self) -> str:
         raise NotImplementedError
 
@@ -160,11 +164,7 @@ class LocalPrefectServer(LocalServer):
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.host}:{self.port}/api"
-
-    @property
-    def ui_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.ui_url}/api"
 
     @property
     def health_url(self) -> str:
@@ -187,10 +187,6 @@ class LocalMlflowServer(LocalServer):
     port: int = 5000
 
     label = "MLflow UI"
-
-    @property
-    def ui_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def health_url(self) -> str:

@@ -194,9 +194,7 @@ class Notice(BaseModel):
     @property
     def flow_run_url(self) -> str | None:
         """`{ui_url}/runs/flow-run/{flow_run_id}` when both are known."""
-        if self.ui_url and self.flow_run_id:
-            return f"{self.ui_url}/runs/flow-run/{self.flow_run_id}"
-        return None
+        return names.flow_run_url(self.ui_url, self.flow_run_id)
 
     def with_ui_url(self, ui_url: str | None) -> Notice:
         """This notice, with `ui_url` filled in if it had none."""

@@ -196,8 +196,9 @@ def render_plain(notice: Notice) -> PlainMessage:
         lines += ["", " · ".join(layout.context)]
     if notice.flow_run_url:
         lines.append(f"Flow run: {notice.flow_run_url}")
-    if _model_url(notice):
-        lines.append(f"Model: {_model_url(notice)}")
+    model_url = _model_url(notice)
+    if model_url:
+        lines.append(f"Model: {model_url}")
     return PlainMessage(title=layout.title, body="\n".join(lines).strip(), level=layout.level)
 
 
