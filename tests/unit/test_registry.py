@@ -3,6 +3,7 @@ alias, the promotion rule, and a failed write that leaves production as it was."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -134,6 +135,20 @@ def test_versions_are_numbered_kept_and_registered_once_per_card(
     assert replace(first.card, created_at="") == replace(card("a"), created_at="")
 
 
+def test_registering_leaves_no_tracking_uri_in_the_environment(
+    registry: ModelRegistry, model: DurationModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's fluent API exports its URI for subprocesses; a flow's children (and its own
+    later settings) must not inherit the store of an earlier registration."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+    registry.register(model, record("a"))
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+
+
 def test_a_registered_model_predicts_like_the_original(
     registry: ModelRegistry, model: DurationModel, tmp_path: Path
 ) -> None:
@@ -237,9 +252,10 @@ def test_a_failed_model_write_leaves_no_version_and_production_intact(
 
 
 def test_an_alias_on_a_version_taxiops_did_not_register_is_a_registry_error(
-    registry: ModelRegistry, model: DurationModel
+    registry: ModelRegistry, model: DurationModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     v1 = registry.register(model, record("a"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)  # resolves `models:/`
     client = MlflowClient(registry.tracking_uri)
     source = client.get_run(v1.run_id).data.tags["taxiops.model_uri"]
     foreign = client.create_model_version(model_name("green"), source, run_id=v1.run_id)

@@ -16,13 +16,14 @@ never serves.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -54,6 +55,7 @@ _MODEL_URI_TAG = _TAG + "model_uri"
 _CARD_TAG = _TAG + "card"
 _PROMOTION_TAG = _TAG + "promotion"
 _READY_TIMEOUT_SECONDS = 300.0
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 Scorer = Callable[["ModelVersion"], "Metrics"]
 Lock = Callable[[str], AbstractContextManager[None]]
@@ -229,7 +231,10 @@ class ModelRegistry:
 
         from taxiops import ml
 
-        with tempfile.TemporaryDirectory(prefix="taxiops-model-") as folder:
+        with (
+            _fluent_store(self.tracking_uri),  # `models:/` resolves through MLflow's globals
+            tempfile.TemporaryDirectory(prefix="taxiops-model-") as folder,
+        ):
             local = Path(download_artifacts(artifact_uri=version.uri, dst_path=folder))
             try:
                 return ml.DurationModel.load(local / "artifacts" / "model")
@@ -248,24 +253,26 @@ class ModelRegistry:
         the same card again (same `model_key`: the same training judged on the same bytes)
         returns the first version."""
         card = record.card
-        run_id = self._finished_run(card.model_key) or self._log_run(model, record)
-        name = model_name(card.taxi_type)
-        self._ensure_registered_model(name)
-        existing = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-        if existing:
-            found = existing[0]
-        else:
-            source = self.client.get_run(run_id).data.tags[_MODEL_URI_TAG]
-            found = self.client.create_model_version(
-                name,
-                source,
-                run_id=run_id,
-                tags={_CARD_TAG: json.dumps(asdict(card), sort_keys=True)},
-                description=(
-                    f"{card.taxi_type} trained on {', '.join(card.train_months)}, "
-                    f"validated on {card.validation_month}"
-                ),
-            )
+        # `log_model` needs MLflow's fluent globals, and a `models:/` source resolves by them.
+        with _fluent_store(self.tracking_uri):
+            run_id = self._finished_run(card.model_key) or self._log_run(model, record)
+            name = model_name(card.taxi_type)
+            self._ensure_registered_model(name)
+            existing = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+            if existing:
+                found = existing[0]
+            else:
+                source = self.client.get_run(run_id).data.tags[_MODEL_URI_TAG]
+                found = self.client.create_model_version(
+                    name,
+                    source,
+                    run_id=run_id,
+                    tags={_CARD_TAG: json.dumps(asdict(card), sort_keys=True)},
+                    description=(
+                        f"{card.taxi_type} trained on {', '.join(card.train_months)}, "
+                        f"validated on {card.validation_month}"
+                    ),
+                )
         return _version(card.taxi_type, self._await_ready(found))
 
     def promote_if_better(
@@ -407,8 +414,6 @@ class ModelRegistry:
         import mlflow
 
         card = record.card
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
         tags = {**record.tags, _VERSION_KEY_TAG: card.model_key}
         with (
             mlflow.start_run(
@@ -447,6 +452,29 @@ class ModelRegistry:
             time.sleep(0.5)
             version = self.client.get_model_version(version.name, version.version)
         return version
+
+
+@contextmanager
+def _fluent_store(uri: str) -> Iterator[None]:
+    """MLflow's fluent globals pointed at `uri`, then back (None when unset). MLflow
+    also writes the URI into this process's environment for subprocesses to inherit;
+    left there, every later child (a flow run, a `taxiops` command) would use this store,
+    and a URI holding credentials would travel in their environment."""
+    import mlflow
+
+    before = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])  # type: ignore[arg-type]
+        mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _log_pyfunc(model: DurationModel, staging: Path, record: TrainingRecord) -> Any:
