@@ -126,10 +126,10 @@ def test_train_json_and_status_from_outside_the_checkout(
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["taxi_type"] == "green" and summary["month"] == "2023-02"
     assert summary["train_months"] == ["2023-01"]
-    assert summary["promoted"] is True and summary["model_version"] == "v0001"
+    assert summary["promoted"] is True and summary["model_version"] == "v1"
     assert 0 < summary["rmse"] < 20 and summary["train_rows"] > 0
     status = _run([wheel.taxiops, "status"], cwd=wheel.workdir, env=env)
-    assert "green: production v0001" in status
+    assert "taxi-duration-green@champion: v1 " in status
 
 
 def test_up_serves_and_trains_a_dropped_month_from_outside_the_checkout(
