@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
+import httpx
 from prefect import Task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -74,7 +75,7 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
-    if _is_mlflow_server_fault(exc):
+    if _is_mlflow_server_fault(exc) or _is_api_fault(exc):
         return True
     if isinstance(exc, OSError):
         return exc.errno not in _PERMANENT_OS_ERRORS
@@ -88,6 +89,20 @@ def _is_mlflow_server_fault(exc: BaseException) -> bool:
     if exceptions is None or not isinstance(exc, exceptions.MlflowException):
         return False
     return int(exc.get_http_status_code()) >= 500
+
+
+def _is_api_fault(exc: BaseException | None) -> bool:
+    """A Prefect API call that a retry may cure: no connection, a timeout, 429 or 5xx
+    (SQLite answers a busy server with 503). Looked for along the causes too, as Prefect
+    raises `ConcurrencySlotAcquisitionError` from the HTTP error of the promotion lock."""
+    while exc is not None:
+        if isinstance(exc, httpx.TransportError):
+            return True
+        if isinstance(exc, httpx.HTTPStatusError):
+            status = exc.response.status_code
+            return status == 429 or status >= 500
+        exc = exc.__cause__
+    return False
 
 
 def retry_on_transient_fault(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
