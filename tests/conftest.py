@@ -11,6 +11,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from taxiops.app.server import LocalPrefectServer, free_port
 from taxiops.settings import Settings
+from tests.stores import seed_mlflow_store
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -49,6 +50,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("TAXIOPS_TASK_RETRY_DELAY_SECONDS", "0")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the local store under home
     monkeypatch.chdir(tmp_path)
+    seed_mlflow_store(home)
     return Settings()
 
 

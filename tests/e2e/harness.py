@@ -37,6 +37,7 @@ from uuid import UUID
 
 from taxiops.ml import write_synth_month
 from taxiops.tripfile import Month, TaxiType, sha256_of
+from tests.stores import seed_mlflow_store
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -102,6 +103,7 @@ class Site:
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
         self._drops = 0
+        seed_mlflow_store(self.home)
 
     @property
     def home(self) -> Path:

@@ -75,7 +75,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
     venv = root / "venv"
     _run([_uv(), "venv", "--quiet", "-p", sys.executable, str(venv)], cwd=root)
     _run(
-        [_uv(), "pip", "install", "--quiet", "-p", str(venv / "bin" / "python"),
+        [_uv(), "pip", "install", "--quiet", "--compile-bytecode", "-p", str(venv / "bin" / "python"),
          "-c", str(constraints), str(built)],
         cwd=root,
     )  # fmt: skip

@@ -252,7 +252,7 @@ def test_a_broken_registry_fails_the_run_naming_the_task(
 ) -> None:
     artifacts = settings.mlflow_artifacts_dir
     assert artifacts is not None
-    artifacts.parent.mkdir(parents=True)
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
     artifacts.write_text("not a folder")  # where the model files go
 
     state: State[Any] = train_duration_model(new_file=str(months["2023-02"]), return_state=True)

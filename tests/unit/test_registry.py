@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from tests.stores import seed_mlflow_store
 
 from taxiops.errors import RegistryError
 from taxiops.ml import (
@@ -57,6 +58,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> DurationModel:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> ModelRegistry:
+    seed_mlflow_store(tmp_path)
     return ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
 
 
