@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests flows bench
 	$(BIN)/mypy
 
-bench: $(STAMP) .bench-deps
+bench: $(STAMP)
 	$(BIN)/python bench/train_vs_course.py
 	$(BIN)/python bench/cache_rerun.py
 	$(BIN)/python bench/peak_memory.py
@@ -33,10 +33,6 @@ bench: $(STAMP) .bench-deps
 	$(BIN)/python bench/soak.py --outage 60
 
 install: $(STAMP)
-
-# scikit-learn for the course's baseline only, outside the venv (see bench/train_vs_course.py).
-.bench-deps: $(STAMP)
-	$(UV) pip install --quiet --python $(BIN)/python --no-deps --target .bench-deps scikit-learn scipy joblib threadpoolctl
 
 # Bytecode is compiled at install (pip does, uv does not by default): where
 # PYTHONDONTWRITEBYTECODE is set, as on CI, every process would compile Prefect anew
@@ -53,4 +49,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .venv-lowest .bench-deps .taxiops .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-lowest .taxiops .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,7 @@ rm -rf "$VENV"
 "$UV" pip install --quiet --python "$VENV/bin/python" --resolution lowest-direct -e '.[dev]'
 printf "lowest versions: "
 "$UV" pip freeze --python "$VENV/bin/python" --exclude-editable \
-  | grep -iE '^(prefect|watchdog|slack-sdk|slack_sdk|apprise|pandas|pyarrow|xgboost-cpu|typer|pydantic|pydantic-settings|pyyaml|httpx|pytest|pytest-asyncio)==' \
+  | grep -iE '^(prefect|watchdog|slack-sdk|slack_sdk|apprise|pandas|pyarrow|xgboost-cpu|typer|pydantic|pydantic-settings|pyyaml|httpx|mlflow|scikit-learn|pytest|pytest-asyncio)==' \
   | tr '\n' ' '
 echo
 "$VENV/bin/python" -m pytest -q -n 2 -p no:cacheprovider \

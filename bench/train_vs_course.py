@@ -141,17 +141,9 @@ def child(method: str, train_path: Path, valid_path: Path) -> None:
     print(json.dumps(run(train_path, valid_path)))
 
 
-# `make bench` installs scikit-learn here rather than into the venv: xgboost imports it
-# whenever it is importable, which would slow every flow run's start by about a second.
-BENCH_DEPS = Path(__file__).resolve().parents[1] / ".bench-deps"
-
-
 def in_fresh_process(method: str, train_path: Path, valid_path: Path) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", method, str(train_path), str(valid_path)]
-    env = dict(os.environ)
-    if method == "course" and BENCH_DEPS.is_dir():
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DEPS), env.get("PYTHONPATH")]))
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"{method} run failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -33,10 +33,13 @@ def evaluate(model: DurationModel, frame: pd.DataFrame) -> Metrics:
 
 
 def metrics_of(actual: np.ndarray, predicted: np.ndarray) -> Metrics:
-    """RMSE and MAE of `predicted` against `actual` minutes."""
-    error = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
+    """RMSE and MAE of `predicted` against `actual` minutes (scikit-learn's metrics)."""
+    from sklearn.metrics import mean_absolute_error, root_mean_squared_error
+
+    actual = np.asarray(actual, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
     return Metrics(
-        rmse=float(np.sqrt(np.mean(error**2))),
-        mae=float(np.mean(np.abs(error))),
-        rows=int(error.size),
+        rmse=float(root_mean_squared_error(actual, predicted)),
+        mae=float(mean_absolute_error(actual, predicted)),
+        rows=int(actual.size),
     )
