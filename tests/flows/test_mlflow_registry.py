@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from taxiops.app.server import LocalPrefectServer
 from taxiops.ml import write_synth_month
+from taxiops.ml.schema import PREPARED_COLUMNS
 from taxiops.pipeline.report import TrainingSummary
 from taxiops.registry import CHAMPION_ALIAS, EXPERIMENT_NAME, ModelRegistry, model_name
 from taxiops.settings import Settings
@@ -130,6 +131,14 @@ def test_a_run_records_params_metrics_tags_inputs_and_the_model(
     assert training.inputs is not None
     inputs = {(d.dataset.name, d.dataset.digest) for d in training.inputs.dataset_inputs}
     assert inputs == {(m.file, m.sha256[:32]) for m in summary.months}
+    # Each dataset's schema names every prepared column; its profile counts all its rows.
+    rows = {m.file: m.rows_kept for m in summary.months}
+    for found in training.inputs.dataset_inputs:
+        schema, profile = found.dataset.schema, found.dataset.profile
+        assert schema is not None and profile is not None
+        columns = json.loads(schema)["mlflow_colspec"]
+        assert {column["name"] for column in columns} == set(PREPARED_COLUMNS)
+        assert json.loads(profile)["num_rows"] == rows[found.dataset.name]
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
     assert "predicted_vs_actual.svg" in artifacts
     assert summary.model_url is not None
