@@ -11,7 +11,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from taxiops.app.server import LocalPrefectServer, free_port
 from taxiops.settings import Settings
-from tests.stores import seed_mlflow_store
+from tests.stores import seed_mlflow_store, start_blank_prefect_db
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -22,6 +22,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPr
     server = LocalPrefectServer(
         state_dir=tmp_path_factory.mktemp("prefect-server"), port=free_port()
     )
+    start_blank_prefect_db()  # migrates beside the server's own start, for later servers
     server.start()
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url

@@ -1,18 +1,24 @@
-"""A blank MLflow store, made once per test process and copied into each new home.
+"""Blank MLflow and Prefect stores, made once per test process and copied into each new
+home or server folder.
 
-MLflow builds a new SQLite store on first open by running its ~130 migration scripts
-(about 1.5 s here); a copy of a store made that way is the same file, in milliseconds. The
-copy holds MLflow's schema and its `Default` experiment only: each home still makes its own
-`taxi-duration` experiment and store identity (the cache key of the registry steps) on first
-use. The first-start tests (tests/e2e/test_up.py, tests/e2e/test_wheel.py) do not use it, so
-a new store is still built the way a user's first run builds it.
+MLflow builds a new SQLite store on first open by running its ~130 migration scripts (about
+1.5 s here), and a Prefect server migrates a new database before it answers (about 7 s of
+its 10 s start); a copy of a store made that way is the same file, in milliseconds. The
+MLflow copy holds MLflow's schema and its `Default` experiment only: each home still makes
+its own `taxi-duration` experiment and store identity (the cache key of the registry steps)
+on first use; the Prefect copy holds the schema only. The first-start tests
+(tests/e2e/test_up.py, tests/e2e/test_wheel.py) use neither, so new stores are still built
+the way a user's first run builds them.
 """
 
 from __future__ import annotations
 
 import atexit
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -36,3 +42,54 @@ def seed_mlflow_store(home: Path) -> None:
     target = home / "mlflow.db"
     if not target.exists():
         shutil.copyfile(blank_mlflow_db(), target)
+
+
+class _BlankPrefectDb:
+    """`prefect server database upgrade` on a new file, once, started early (beside the
+    session server's own start) and waited for on first use."""
+
+    lock = threading.Lock()
+    process: subprocess.Popen[bytes] | None = None
+    path: Path | None = None
+    error: str | None = None
+
+    @classmethod
+    def start(cls) -> None:
+        from taxiops.app.server import server_environment
+
+        with cls.lock:
+            if cls.process is not None:
+                return
+            folder = Path(tempfile.mkdtemp(prefix="taxiops-blank-prefect-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            cls.path = folder / "prefect.db"
+            log = (folder / "upgrade.log").open("wb")
+            command = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
+            cls.process = subprocess.Popen(
+                command, env=server_environment(folder, "127.0.0.1", 0), stdout=log, stderr=log
+            )
+            log.close()  # the child holds its own copy
+
+    @classmethod
+    def ready(cls) -> Path:
+        cls.start()
+        with cls.lock:
+            assert cls.process is not None and cls.path is not None
+            if cls.process.wait(timeout=300) != 0:
+                log = cls.path.with_name("upgrade.log").read_text(errors="replace")
+                raise RuntimeError(f"prefect server database upgrade failed:\n{log[-2000:]}")
+            return cls.path
+
+
+def start_blank_prefect_db() -> None:
+    """Begin making the blank Prefect database in the background."""
+    _BlankPrefectDb.start()
+
+
+def seed_prefect_store(state_dir: Path) -> None:
+    """Put a copy of the blank Prefect database where a `LocalPrefectServer` on
+    `state_dir` keeps its own (`state_dir/prefect.db`), unless one is there."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    target = state_dir / "prefect.db"
+    if not target.exists():
+        shutil.copyfile(_BlankPrefectDb.ready(), target)

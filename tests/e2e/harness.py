@@ -37,7 +37,7 @@ from uuid import UUID
 
 from taxiops.ml import write_synth_month
 from taxiops.tripfile import Month, TaxiType, sha256_of
-from tests.stores import seed_mlflow_store
+from tests.stores import seed_mlflow_store, seed_prefect_store
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -104,6 +104,8 @@ class Site:
         self.staging.mkdir(parents=True, exist_ok=True)
         self._drops = 0
         seed_mlflow_store(self.home)
+        if self.embedded_server:
+            seed_prefect_store(self.home / "server")  # Settings.server_dir
 
     @property
     def home(self) -> Path:

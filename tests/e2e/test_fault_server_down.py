@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     Site,
     wait_until_each_ran_once,
 )
+from tests.stores import seed_prefect_store
 
 # The issue speaks of a minute; 12 s is the shortest outage that still proves the point:
 # about ten of the watcher's hand-off backoff cycles (1 s at most here), and three failed
@@ -51,6 +52,7 @@ RUNNER_RESTARTED = "serving the deployments again"
 def test_server_down_while_files_arrive_then_back_runs_every_file_once(
     tmp_path: Path, runner_gives_up: bool
 ) -> None:
+    seed_prefect_store(tmp_path / "server")
     server = LocalPrefectServer(state_dir=tmp_path / "server", port=free_port())
     server.start()
     try:

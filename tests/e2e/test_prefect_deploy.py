@@ -21,6 +21,7 @@ from taxiops.ml import write_synth_month
 from taxiops.registry import ModelRegistry
 from taxiops.settings import load_settings
 from taxiops.tripfile import Month
+from tests.stores import seed_prefect_store
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect", "--no-prompt"]
@@ -30,6 +31,7 @@ def test_prefect_deploy_all_and_a_process_worker_train_a_month(tmp_path: Path) -
     incoming = tmp_path / "incoming"
     for seed, month in enumerate(["2023-01", "2023-02"]):
         write_synth_month(incoming, "green", Month.parse(month), rows=3_000, seed=seed)
+    seed_prefect_store(tmp_path / "server")
     with LocalPrefectServer(state_dir=tmp_path / "server", port=free_port()) as server:
         env = {
             **os.environ,
