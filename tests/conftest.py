@@ -11,7 +11,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from taxiops.app.server import LocalPrefectServer, free_port
 from taxiops.settings import Settings
-from tests.stores import seed_mlflow_store, start_blank_prefect_db
+from tests.stores import seed_mlflow_store, seed_prefect_store
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -19,10 +19,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrefectServer]:
     """A real Prefect server for the session; the API URL is set for this process and children."""
-    server = LocalPrefectServer(
-        state_dir=tmp_path_factory.mktemp("prefect-server"), port=free_port()
-    )
-    start_blank_prefect_db()  # migrates beside the server's own start, for later servers
+    state_dir = tmp_path_factory.mktemp("prefect-server")
+    seed_prefect_store(state_dir)  # one migration per process, for this and later servers
+    server = LocalPrefectServer(state_dir=state_dir, port=free_port())
     server.start()
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url

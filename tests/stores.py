@@ -6,9 +6,9 @@ MLflow builds a new SQLite store on first open by running its ~130 migration scr
 its 10 s start); a copy of a store made that way is the same file, in milliseconds. The
 MLflow copy holds MLflow's schema and its `Default` experiment only: each home still makes
 its own `taxi-duration` experiment and store identity (the cache key of the registry steps)
-on first use; the Prefect copy holds the schema only. The first-start tests
-(tests/e2e/test_up.py, tests/e2e/test_wheel.py) use neither, so new stores are still built
-the way a user's first run builds them.
+on first use; the Prefect copy holds the schema only. The demo test
+(tests/e2e/test_up.py) uses neither, so new stores are still built the way a user's first
+run builds them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from functools import cache
 from pathlib import Path
 
@@ -44,46 +43,23 @@ def seed_mlflow_store(home: Path) -> None:
         shutil.copyfile(blank_mlflow_db(), target)
 
 
-class _BlankPrefectDb:
-    """`prefect server database upgrade` on a new file, once, started early (beside the
-    session server's own start) and waited for on first use."""
+@cache
+def blank_prefect_db() -> Path:
+    """A Prefect database that `prefect server database upgrade` made, with nothing in it."""
+    from taxiops.app.server import server_environment
 
-    lock = threading.Lock()
-    process: subprocess.Popen[bytes] | None = None
-    path: Path | None = None
-    error: str | None = None
-
-    @classmethod
-    def start(cls) -> None:
-        from taxiops.app.server import server_environment
-
-        with cls.lock:
-            if cls.process is not None:
-                return
-            folder = Path(tempfile.mkdtemp(prefix="taxiops-blank-prefect-"))
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
-            cls.path = folder / "prefect.db"
-            log = (folder / "upgrade.log").open("wb")
-            command = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
-            cls.process = subprocess.Popen(
-                command, env=server_environment(folder, "127.0.0.1", 0), stdout=log, stderr=log
-            )
-            log.close()  # the child holds its own copy
-
-    @classmethod
-    def ready(cls) -> Path:
-        cls.start()
-        with cls.lock:
-            assert cls.process is not None and cls.path is not None
-            if cls.process.wait(timeout=300) != 0:
-                log = cls.path.with_name("upgrade.log").read_text(errors="replace")
-                raise RuntimeError(f"prefect server database upgrade failed:\n{log[-2000:]}")
-            return cls.path
-
-
-def start_blank_prefect_db() -> None:
-    """Begin making the blank Prefect database in the background."""
-    _BlankPrefectDb.start()
+    folder = Path(tempfile.mkdtemp(prefix="taxiops-blank-prefect-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+        env=server_environment(folder, "127.0.0.1", 0),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect server database upgrade failed:\n{done.stderr[-2000:]}")
+    return folder / "prefect.db"
 
 
 def seed_prefect_store(state_dir: Path) -> None:
@@ -92,4 +68,4 @@ def seed_prefect_store(state_dir: Path) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     target = state_dir / "prefect.db"
     if not target.exists():
-        shutil.copyfile(_BlankPrefectDb.ready(), target)
+        shutil.copyfile(blank_prefect_db(), target)

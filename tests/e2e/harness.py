@@ -57,7 +57,8 @@ FAST_ENV: dict[str, str] = {
     "TAXIOPS_WATCH_BACKOFF_MAX_SECONDS": "1",
     "TAXIOPS_WATCH_POLL_RUNS_SECONDS": "0.5",
     "TAXIOPS_TASK_RETRY_DELAY_SECONDS": "0",
-    "TAXIOPS_RUNNER_POLL_SECONDS": "0.2",
+    # Each poll costs the session server CPU; 0.5 s keeps hand-off latency well under a run.
+    "TAXIOPS_RUNNER_POLL_SECONDS": "0.5",
     # The MLflow UI takes ~8 s to start; tests/e2e/test_up.py serves it.
     "TAXIOPS_MLFLOW_UI": "false",
     "PYTHONUNBUFFERED": "1",

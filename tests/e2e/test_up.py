@@ -17,6 +17,7 @@ from taxiops.app.server import free_port
 from taxiops.ml import write_synth_month
 from taxiops.notify import SlackInbox
 from taxiops.tripfile import Month, TaxiType
+from tests.stores import seed_mlflow_store, seed_prefect_store
 
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 120.0
@@ -60,6 +61,9 @@ def service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, Slack
             TAXIOPS_MLFLOW_UI_PORT=str(free_port()),
             SLACK_WEBHOOK_URL=inbox.url,
         )
+        # The demo test below starts on new stores, as a user's first run does.
+        seed_prefect_store(tmp_path / "home" / "server")
+        seed_mlflow_store(tmp_path / "home")
         with log_path.open("w") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "taxiops", "up"],
