@@ -16,6 +16,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from taxiops.errors import SettingsError
 from taxiops.tripfile import TaxiType
 
+# Schemes of the stores MLflow's tracking and registry clients open ("" is a local path).
+_MLFLOW_STORE_SCHEMES = frozenset(
+    {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks"}
+)
+
 
 class Settings(BaseSettings):
     """taxiops configuration. Every field is documented in `.env.example`."""
@@ -218,6 +223,19 @@ class Settings(BaseSettings):
         description="The storm window; a grouped message goes out when its window ends.",
     )
 
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _known_store(cls, value: SecretStr | None) -> SecretStr | None:
+        """A scheme MLflow keeps runs and models in; the message names the scheme only (the
+        URI may hold credentials)."""
+        if value is None:
+            return value
+        scheme = urlsplit(value.get_secret_value()).scheme.split("+", 1)[0]
+        if scheme not in _MLFLOW_STORE_SCHEMES:
+            known = ", ".join(sorted(_MLFLOW_STORE_SCHEMES - {""}))
+            raise ValueError(f"scheme {scheme!r} is not a store MLflow knows ({known})")
+        return value
+
     @field_validator("retrain_taxi_types", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -301,9 +319,21 @@ def variable_for(field: str) -> str:
 
 
 def _problem(error: ErrorDetails) -> tuple[str, str]:
-    field = str(error["loc"][0]) if error["loc"] else "settings"
+    field = _field_of(str(error["loc"][0])) if error["loc"] else "settings"
     variable = variable_for(field)
     info = Settings.model_fields.get(field)
     secret = info is not None and "SecretStr" in str(info.annotation)
     given = "" if secret else f"{error.get('input')!r} is not valid: "
     return variable, f"{given}{error['msg']}"
+
+
+def _field_of(name: str) -> str:
+    """The settings field an error location names: the field, or one of its aliases
+    (pydantic-settings reports an alias-read value by the alias)."""
+    if name in Settings.model_fields:
+        return name
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and name in alias.choices:
+            return field
+    return name

@@ -115,3 +115,19 @@ def test_a_prefect_api_url_that_does_not_answer(tmp_path: Path, command: list[st
     line = _assert_one_line(done, "PREFECT_API_URL=", "does not answer")
     assert "s3cret-pass" not in done.stderr + done.stdout
     assert line.startswith("taxiops: ")
+
+
+def test_a_tracking_uri_mlflow_cannot_open_names_the_variable_not_its_secret(
+    tmp_path: Path,
+) -> None:
+    done = _run(tmp_path, {"MLFLOW_TRACKING_URI": "bogus://user:s3cret@example"}, "status")
+    line = _assert_one_line(done, "MLFLOW_TRACKING_URI", "'bogus' is not a store MLflow knows")
+    assert "s3cret" not in done.stdout + done.stderr and not line.startswith("taxiops: TAXIOPS_")
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(tmp_path: Path) -> None:
+    uri = f"http://user:s3cret@127.0.0.1:{free_port()}"  # nothing listens there
+    done = _run(tmp_path, {"MLFLOW_TRACKING_URI": uri}, "status")
+    line = _assert_one_line(done, "MLFLOW_TRACKING_URI=http://***@127.0.0.1", "cannot be read")
+    assert "start that tracking server" in line
+    assert "s3cret" not in done.stdout + done.stderr

@@ -365,7 +365,6 @@ def status() -> None:
     """Print the month files seen, the entries quarantined, and each taxi type's champion."""
     from taxiops.intake import rejection_rows, status_rows
     from taxiops.notify.dispatch import alert_states, print_alert_summary
-    from taxiops.registry import CHAMPION_ALIAS, ModelRegistry, model_name
     from taxiops.settings import load_settings
 
     settings = load_settings()
@@ -393,19 +392,41 @@ def status() -> None:
             f"{rejection.rule:<18} {alert:<8} {kept}"
         )
     print_alert_summary(settings)
+    for line in _model_lines(settings):
+        print(line)
+
+
+def _model_lines(settings: Settings) -> list[str]:
+    """One line per taxi type's registered model; a store that does not answer is a
+    `StartupError`, at once: a read command waits for none of MLflow's own HTTP retries."""
+    import os
+
+    from mlflow.exceptions import MlflowException
+
+    from taxiops.app.preflight import unreadable_store
+    from taxiops.registry import CHAMPION_ALIAS, ModelRegistry, model_name
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     registry = ModelRegistry.from_settings(settings)
-    for taxi_type in registry.taxi_types():
-        production = registry.production(taxi_type)
-        versions = len(registry.versions(taxi_type))
-        name = model_name(taxi_type)
-        if production is None:
-            print(f"{name}: {versions} versions, none is @{CHAMPION_ALIAS}")
-        else:
-            print(
-                f"{name}@{CHAMPION_ALIAS}: {production.name} "
-                f"(RMSE {production.card.metrics['rmse']:.3f} on {production.card.validation_month}), "
-                f"{versions} versions"
-            )
+    lines = []
+    try:
+        for taxi_type in registry.taxi_types():
+            production = registry.production(taxi_type)
+            versions = len(registry.versions(taxi_type))
+            name = model_name(taxi_type)
+            if production is None:
+                lines.append(f"{name}: {versions} versions, none is @{CHAMPION_ALIAS}")
+            else:
+                card = production.card
+                lines.append(
+                    f"{name}@{CHAMPION_ALIAS}: {production.name} "
+                    f"(RMSE {card.metrics['rmse']:.3f} on {card.validation_month}), "
+                    f"{versions} versions"
+                )
+    except MlflowException as exc:
+        raise unreadable_store(settings, exc) from None
+    return lines
 
 
 @app.command()

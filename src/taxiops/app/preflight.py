@@ -73,6 +73,19 @@ def check_api_answers(api_url: str | None) -> None:
     )
 
 
+def unreadable_store(settings: Settings, error: Exception) -> StartupError:
+    """The one line for an MLflow store that could not be read, without its credentials."""
+    from taxiops.notify._redact import redact
+
+    uri = settings.tracking_uri
+    reason = redact((str(error).strip().splitlines() or [type(error).__name__])[0], [uri])
+    return StartupError(
+        f"MLFLOW_TRACKING_URI={_without_credentials(uri)}",
+        f"the models cannot be read ({reason[:300]})",
+        "start that tracking server, or unset MLFLOW_TRACKING_URI to use the local store",
+    )
+
+
 def configured_api_url() -> str | None:
     """`PREFECT_API_URL` from the environment or the active Prefect profile."""
     from prefect.settings import get_current_settings
