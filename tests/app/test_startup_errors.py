@@ -131,3 +131,21 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(tmp_path: Pa
     line = _assert_one_line(done, "MLFLOW_TRACKING_URI=http://***@127.0.0.1", "cannot be read")
     assert "start that tracking server" in line
     assert "s3cret" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("http://user:s3cret@127.0.0.1:{port}", "does not answer /health"),
+        ("postgresql://user:s3cret@127.0.0.1:{port}/mlflow", "database server does not answer"),
+    ],
+    ids=["tracking-server", "database"],
+)
+@pytest.mark.parametrize("command", [["up"], ["train", "x.parquet"]])
+def test_a_tracking_store_that_does_not_answer_stops_the_start(
+    tmp_path: Path, uri: str, problem: str, command: list[str]
+) -> None:
+    configured = uri.format(port=free_port())  # nothing listens there
+    done = _run(tmp_path, {"MLFLOW_TRACKING_URI": configured}, *command)
+    line = _assert_one_line(done, "MLFLOW_TRACKING_URI=", "***@127.0.0.1", problem)
+    assert "unset MLFLOW_TRACKING_URI" in line and "s3cret" not in done.stdout + done.stderr

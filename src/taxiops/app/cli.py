@@ -47,8 +47,10 @@ def train(
     from taxiops.pipeline.report import TrainingSummary
     from taxiops.settings import load_settings
 
-    preflight.check_folders(load_settings(), incoming=False)
+    settings = load_settings()
+    preflight.check_folders(settings, incoming=False)
     preflight.check_api_answers(preflight.configured_api_url())
+    preflight.check_tracking_store(settings)
     train_flow = load_flow(TRAIN_ENTRYPOINT)
     if new_file.is_file():  # else the flow itself says what is wrong with it
         from taxiops.tripfile import sha256_of
@@ -272,7 +274,8 @@ def demo(
 
 
 def _check_service_can_start(settings: Settings, *, watch: bool) -> None:
-    """Folders, then the local server's port or the configured API: one line if not."""
+    """Folders, the local server's port or the configured API, then a configured MLflow
+    store: one line if not."""
     from taxiops.app import preflight
 
     preflight.check_folders(settings, incoming=watch)
@@ -281,6 +284,7 @@ def _check_service_can_start(settings: Settings, *, watch: bool) -> None:
         preflight.check_api_answers(api_url)
     else:
         preflight.check_port_free(settings)
+    preflight.check_tracking_store(settings)
 
 
 def _announce_demo(ready: ServiceReady) -> None:

@@ -6,13 +6,17 @@ Each check raises `StartupError` naming the setting, what is wrong and what to d
 from __future__ import annotations
 
 import errno
+import socket
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from taxiops.app.server import bind_error, is_healthy
+from taxiops.app.server import answers, bind_error, is_healthy
 from taxiops.errors import StartupError
 from taxiops.settings import Settings
+
+# Default ports of the database servers an MLflow store can live in.
+_DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
 def check_folder(variable: str, folder: Path) -> None:
@@ -70,6 +74,35 @@ def check_api_answers(api_url: str | None) -> None:
         f"PREFECT_API_URL={_without_credentials(api_url)}",
         "does not answer /health",
         "start that server, or unset PREFECT_API_URL to use a local one",
+    )
+
+
+def check_tracking_store(settings: Settings) -> None:
+    """A configured `MLFLOW_TRACKING_URI` answers: a tracking server its `/health`, a
+    database server a TCP connection (the local default is the folder check's)."""
+    if settings.mlflow_tracking_uri is None:
+        return
+    uri = settings.tracking_uri
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme in ("http", "https"):
+        if answers(f"{uri.rstrip('/')}/health"):
+            return
+        problem = "does not answer /health"
+    elif scheme in _DATABASE_PORTS and parts.hostname:
+        try:
+            with socket.create_connection(
+                (parts.hostname, parts.port or _DATABASE_PORTS[scheme]), timeout=5
+            ):
+                return
+        except OSError as exc:
+            problem = f"its database server does not answer ({exc.strerror or exc})"
+    else:
+        return
+    raise StartupError(
+        f"MLFLOW_TRACKING_URI={_without_credentials(uri)}",
+        problem,
+        "start that tracking server, or unset MLFLOW_TRACKING_URI to use the local store",
     )
 
 
