@@ -13,10 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from taxiops.app.server import free_port
+from taxiops.app.server import answers, free_port
 from taxiops.ml import write_synth_month
 from taxiops.notify import SlackInbox
 from taxiops.tripfile import Month, TaxiType
+from tests.e2e.harness import descendants
 from tests.stores import seed_mlflow_store, seed_prefect_store
 
 STARTUP_TIMEOUT = 120.0
@@ -37,6 +38,19 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+def mlflow_ui_processes(pid: int) -> list[int]:
+    """Pids of the `mlflow server` processes below `pid`, workers left out."""
+    found = []
+    for child in descendants(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mlflow" in argv and b"server" in argv and os.getpgid(child) == child:
+            found.append(child)
+    return found
 
 
 def group_alive(pgid: int) -> bool:
@@ -121,6 +135,13 @@ def test_up_trains_dropped_files_alerts_and_stops_cleanly(
     assert "/#/models/taxi-duration-green/versions/" in " ".join(
         " ".join(m.button_urls) for m in inbox.messages
     )
+
+    # The MLflow UI is one of the children `taxiops up` keeps running: killed, it comes back.
+    (ui,) = mlflow_ui_processes(process.pid)
+    os.killpg(ui, signal.SIGKILL)  # its own session: the server and its workers
+    wait_for(lambda: "the local MLflow UI stopped" in log_path.read_text(), 30, "the restart")
+    wait_for(lambda: answers(f"{announced}/health"), 90, "the MLflow UI to answer again")
+    assert mlflow_ui_processes(process.pid) != [ui]
 
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
