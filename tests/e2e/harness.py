@@ -345,17 +345,23 @@ def descendants(pid: int) -> Iterator[int]:
             todo.append(child)
 
 
-def server_processes(pid: int) -> list[int]:
-    """Pids of the `prefect server start` processes below `pid` (the embedded server)."""
+def processes_below(pid: int, *words: str) -> list[int]:
+    """Pids of the processes below `pid` whose argv holds every one of `words`."""
+    wanted = [word.encode() for word in words]
     found = []
     for child in descendants(pid):
         try:
             argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"prefect" in argv and b"server" in argv and b"start" in argv:
+        if all(word in argv for word in wanted):
             found.append(child)
     return found
+
+
+def server_processes(pid: int) -> list[int]:
+    """Pids of the `prefect server start` processes below `pid` (the embedded server)."""
+    return processes_below(pid, "prefect", "server", "start")
 
 
 def flow_run_processes(flow_run_id: UUID | str) -> list[int]:

@@ -17,7 +17,7 @@ from taxiops.app.server import answers, free_port
 from taxiops.ml import write_synth_month
 from taxiops.notify import SlackInbox
 from taxiops.tripfile import Month, TaxiType
-from tests.e2e.harness import descendants
+from tests.e2e.harness import processes_below
 from tests.stores import seed_mlflow_store, seed_prefect_store
 
 STARTUP_TIMEOUT = 120.0
@@ -41,16 +41,9 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
 
 
 def mlflow_ui_processes(pid: int) -> list[int]:
-    """Pids of the `mlflow server` processes below `pid`, workers left out."""
-    found = []
-    for child in descendants(pid):
-        try:
-            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mlflow" in argv and b"server" in argv and os.getpgid(child) == child:
-            found.append(child)
-    return found
+    """Pids of the `mlflow server` processes below `pid` that lead their own process group
+    (the server, not its workers)."""
+    return [p for p in processes_below(pid, "mlflow", "server") if os.getpgid(p) == p]
 
 
 def group_alive(pgid: int) -> bool:
