@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -37,10 +38,7 @@ def blank_mlflow_db() -> Path:
 def seed_mlflow_store(home: Path) -> None:
     """Put a copy of the blank store where taxiops's default store lives under `home`
     (`TAXIOPS_HOME/mlflow.db`), unless one is there."""
-    home.mkdir(parents=True, exist_ok=True)
-    target = home / "mlflow.db"
-    if not target.exists():
-        shutil.copyfile(blank_mlflow_db(), target)
+    _copy_blank(blank_mlflow_db, home / "mlflow.db")
 
 
 @cache
@@ -65,7 +63,17 @@ def blank_prefect_db() -> Path:
 def seed_prefect_store(state_dir: Path) -> None:
     """Put a copy of the blank Prefect database where a `LocalPrefectServer` on
     `state_dir` keeps its own (`state_dir/prefect.db`), unless one is there."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    target = state_dir / "prefect.db"
+    _copy_blank(blank_prefect_db, state_dir / "prefect.db")
+
+
+def seed_home(home: Path) -> None:
+    """Both stores of a `TAXIOPS_HOME` whose `taxiops up` runs its own server
+    (`Settings.server_dir` is `home/server`)."""
+    seed_mlflow_store(home)
+    seed_prefect_store(home / "server")
+
+
+def _copy_blank(blank: Callable[[], Path], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
-        shutil.copyfile(blank_prefect_db(), target)
+        shutil.copyfile(blank(), target)

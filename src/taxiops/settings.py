@@ -230,7 +230,7 @@ class Settings(BaseSettings):
         URI may hold credentials)."""
         if value is None:
             return value
-        scheme = urlsplit(value.get_secret_value()).scheme.split("+", 1)[0]
+        scheme = store_scheme(value.get_secret_value())
         if scheme not in _MLFLOW_STORE_SCHEMES:
             known = ", ".join(sorted(_MLFLOW_STORE_SCHEMES - {""}))
             raise ValueError(f"scheme {scheme!r} is not a store MLflow knows ({known})")
@@ -316,6 +316,11 @@ def variable_for(field: str) -> str:
     if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
         return alias.choices[0]
     return f"TAXIOPS_{field.upper()}"
+
+
+def store_scheme(uri: str) -> str:
+    """The kind of store an MLflow URI names: `postgresql` for `postgresql+psycopg2://...`."""
+    return urlsplit(uri).scheme.split("+", 1)[0]
 
 
 def _problem(error: ErrorDetails) -> tuple[str, str]:

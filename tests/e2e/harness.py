@@ -37,7 +37,7 @@ from uuid import UUID
 
 from taxiops.ml import write_synth_month
 from taxiops.tripfile import Month, TaxiType, sha256_of
-from tests.stores import seed_mlflow_store, seed_prefect_store
+from tests.stores import seed_home, seed_mlflow_store
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -104,9 +104,10 @@ class Site:
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
         self._drops = 0
-        seed_mlflow_store(self.home)
         if self.embedded_server:
-            seed_prefect_store(self.home / "server")  # Settings.server_dir
+            seed_home(self.home)
+        else:
+            seed_mlflow_store(self.home)
 
     @property
     def home(self) -> Path:

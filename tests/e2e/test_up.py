@@ -18,7 +18,7 @@ from taxiops.ml import write_synth_month
 from taxiops.notify import SlackInbox
 from taxiops.tripfile import Month, TaxiType
 from tests.e2e.harness import processes_below
-from tests.stores import seed_mlflow_store, seed_prefect_store
+from tests.stores import seed_home
 
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 120.0
@@ -69,8 +69,7 @@ def service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, Slack
             SLACK_WEBHOOK_URL=inbox.url,
         )
         # The demo test below starts on new stores, as a user's first run does.
-        seed_prefect_store(tmp_path / "home" / "server")
-        seed_mlflow_store(tmp_path / "home")
+        seed_home(tmp_path / "home")
         with log_path.open("w") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "taxiops", "up"],

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from taxiops.app.server import LocalPrefectServer
-from tests.stores import seed_mlflow_store, seed_prefect_store
+from tests.stores import seed_home
 
 ROOT = Path(__file__).resolve().parents[2]
 _PRIVATE_ENV_PREFIXES = ("TAXIOPS_", "SLACK_", "PREFECT_API_", "VIRTUAL_ENV", "PYTHONPATH")
@@ -152,8 +152,7 @@ def test_up_serves_and_trains_a_dropped_month_from_outside_the_checkout(
         TAXIOPS_SCHEDULE_CRON="0 6 1 1 *",
     )
     # Stores from the blank copies: tests/e2e/test_up.py's demo starts on new ones.
-    seed_prefect_store(wheel.workdir / "up-home" / "server")
-    seed_mlflow_store(wheel.workdir / "up-home")
+    seed_home(wheel.workdir / "up-home")
     log_path = wheel.workdir / "up.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(

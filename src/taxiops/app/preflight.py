@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from taxiops.app.server import answers, bind_error, is_healthy
 from taxiops.errors import StartupError
-from taxiops.settings import Settings
+from taxiops.settings import Settings, store_scheme
 
 # Default ports of the database servers an MLflow store can live in.
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -84,7 +84,7 @@ def check_tracking_store(settings: Settings) -> None:
         return
     uri = settings.tracking_uri
     parts = urlsplit(uri)
-    scheme = parts.scheme.split("+", 1)[0]
+    scheme = store_scheme(uri)
     if scheme in ("http", "https"):
         if answers(f"{uri.rstrip('/')}/health"):
             return
@@ -99,11 +99,7 @@ def check_tracking_store(settings: Settings) -> None:
             problem = f"its database server does not answer ({exc.strerror or exc})"
     else:
         return
-    raise StartupError(
-        f"MLFLOW_TRACKING_URI={_without_credentials(uri)}",
-        problem,
-        "start that tracking server, or unset MLFLOW_TRACKING_URI to use the local store",
-    )
+    raise _tracking_store_error(uri, problem)
 
 
 def unreadable_store(settings: Settings, error: Exception) -> StartupError:
@@ -112,9 +108,13 @@ def unreadable_store(settings: Settings, error: Exception) -> StartupError:
 
     uri = settings.tracking_uri
     reason = redact((str(error).strip().splitlines() or [type(error).__name__])[0], [uri])
+    return _tracking_store_error(uri, f"the models cannot be read ({reason[:300]})")
+
+
+def _tracking_store_error(uri: str, problem: str) -> StartupError:
     return StartupError(
         f"MLFLOW_TRACKING_URI={_without_credentials(uri)}",
-        f"the models cannot be read ({reason[:300]})",
+        problem,
         "start that tracking server, or unset MLFLOW_TRACKING_URI to use the local store",
     )
 
