@@ -17,9 +17,12 @@ from taxiops.app.server import LocalPrefectServer
 from taxiops.ml import write_synth_month
 from taxiops.ml.schema import PREPARED_COLUMNS
 from taxiops.pipeline.report import TrainingSummary
+from taxiops.pipeline.tasks import promotion_lock
 from taxiops.registry import CHAMPION_ALIAS, EXPERIMENT_NAME, ModelRegistry, model_name
 from taxiops.settings import Settings
 from taxiops.tripfile import Month
+
+from .conftest import wait_for
 
 # Loads the champion where `import taxiops` fails, predicts a raw month as pandas reads it,
 # and scores the rows the data rules keep (the rules written out again, independently).
@@ -207,26 +210,51 @@ def test_two_promotions_at_once_are_decided_one_after_the_other(
 ) -> None:
     """Two challengers trained at once, in two processes, against the same champion: the
     lock makes the second decide against the first's outcome, so no two promotions
-    replace the same version."""
+    replace the same version.
+
+    The test holds the lock until both challengers are registered, which proves both read
+    the champion before either could promote: without that, a fast process can finish
+    before the other starts, and the two runs are merely sequential."""
     tiny = write_synth_month(settings.home / "tiny", "green", Month(2022, 12), rows=150, seed=7)
     weak = run(months["2023-02"], train_files=[tiny])
     assert weak.promoted
     other = write_synth_month(settings.home / "other", "green", Month(2022, 11), rows=6_000, seed=3)
     taxiops = Path(sys.executable).with_name("taxiops")
-    # Two processes, as two workers would run them: only the Prefect limit is shared.
-    trainers = {
-        label: subprocess.Popen(
-            [str(taxiops), "train", str(months["2023-02"]), "--train", str(train_file), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PREFECT_API_URL": str(prefect_server.api_url)},
+    env = {**os.environ, "PREFECT_API_URL": str(prefect_server.api_url)}
+
+    def start(label: str, train_file: Path) -> subprocess.Popen[str]:
+        # Files, not pipes: nobody reads a pipe while the test waits.
+        with (
+            (settings.home / f"{label}.out").open("w") as out,
+            (settings.home / f"{label}.err").open("w") as err,
+        ):
+            return subprocess.Popen(
+                [str(taxiops), "train", str(months["2023-02"]), "--train", str(train_file)]
+                + ["--json"],
+                stdout=out,
+                stderr=err,
+                env=env,
+            )
+
+    client = MlflowClient(settings.tracking_uri)
+    with promotion_lock("green"):
+        # Two processes, as two workers would run them: only the Prefect limit is shared.
+        trainers = {
+            label: start(label, train_file)
+            for label, train_file in (("january", months["2023-01"]), ("november", other))
+        }
+        wait_for(
+            lambda: (
+                len(client.search_model_versions(f"name='{model_name('green')}'")) == 3
+                or any(t.poll() is not None for t in trainers.values())
+            ),
+            timeout=240,
+            what="both challengers registered while the test holds the promotion lock",
         )
-        for label, train_file in (("january", months["2023-01"]), ("november", other))
-    }
     results: dict[str, TrainingSummary] = {}
     for label, trainer in trainers.items():
-        out, err = trainer.communicate(timeout=240)
+        trainer.wait(timeout=240)
+        out, err = ((settings.home / f"{label}.{kind}").read_text() for kind in ("out", "err"))
         assert trainer.returncode == 0, err[-3000:]
         printed = json.loads(out.strip().splitlines()[-1])
         results[label] = TrainingSummary.model_validate({**printed, "months": []})
@@ -240,7 +268,6 @@ def test_two_promotions_at_once_are_decided_one_after_the_other(
     assert len(set(replaced)) == len(replaced)  # never two decisions replacing the same one
     final = champion_now(settings)
     assert final in {s.model_version for s in promoted}
-    client = MlflowClient(settings.tracking_uri)
     records = [
         json.loads(v.tags["taxiops.promotion"])
         for v in client.search_model_versions(f"name='{model_name('green')}'")
