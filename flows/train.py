@@ -300,8 +300,9 @@ def _train(
         months=[_month_rows(m) for m in loaded],
     )
     summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
-    steps.run(tasks.record_outcome, registry, version, summary.seconds, promotion)
-    _publish(settings, summary, chart)
+    steps.run(tasks.record_outcome, registry, version, summary.seconds, promotion, champion)
+    history = steps.run(tasks.plot_rmse_history, registry, version)
+    _publish(settings, summary, chart, history)
     return summary
 
 
@@ -323,13 +324,14 @@ def _month_rows(month: MonthData) -> MonthRows:
     )
 
 
-def _publish(settings: Settings, summary: TrainingSummary, chart_svg: str) -> None:
+def _publish(
+    settings: Settings, summary: TrainingSummary, chart_svg: str, history_svg: str
+) -> None:
     """Artifacts for the UI and the `taxiops.model.trained` event for automations."""
     from taxiops.ml.plots import svg_data_uri
 
-    chart_uri = svg_data_uri(chart_svg)
     create_markdown_artifact(
-        markdown=render_markdown(summary, chart_uri),
+        markdown=render_markdown(summary, svg_data_uri(chart_svg), svg_data_uri(history_svg)),
         key=names.REPORT_ARTIFACT,
         description=f"{summary.taxi_type} {summary.month} training report",
     )

@@ -67,6 +67,7 @@ PROMOTION_LOCK_PREFIX = "taxiops-promote-"
 # --- artifacts ----------------------------------------------------------------------
 REPORT_ARTIFACT = "training-report"
 REGISTRY_ARTIFACT = "model-registry"
+RMSE_CHART_ARTIFACT = "rmse_by_month.svg"  # in each MLflow run, beside predicted_vs_actual.svg
 
 
 def flow_run_name(file_name: str, sha256: str, runs: int = 1) -> str:

@@ -143,7 +143,7 @@ def test_a_run_records_params_metrics_tags_inputs_and_the_model(
         assert {column["name"] for column in columns} == set(PREPARED_COLUMNS)
         assert json.loads(profile)["num_rows"] == rows[found.dataset.name]
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
-    assert "predicted_vs_actual.svg" in artifacts
+    assert {"predicted_vs_actual.svg", "rmse_by_month.svg"} <= artifacts
     assert summary.model_url is not None
     assert summary.model_url.endswith(f"/#/models/taxi-duration-green/versions/{version.version}")
 
@@ -189,6 +189,33 @@ def test_verdicts_add_up_over_a_replaced_month_the_same_bytes_and_a_backfill(
         assert "production model itself" in again.promotion_reason
     assert newer.model_version not in {first.model_version, replaced.model_version}
     assert not backfill.promoted and "backfill" in backfill.promotion_reason
+    assert_rmse_chart_shows(settings, [summary for _, summary, _ in history])
+
+
+def assert_rmse_chart_shows(settings: Settings, summaries: list[TrainingSummary]) -> None:
+    """The last run's RMSE-by-month chart, as MLflow stores it, has one challenger point per
+    version (filled once promoted) and production's RMSE on that version's month."""
+    import xml.etree.ElementTree as ET
+
+    last = {s.model_version: s for s in summaries}  # a version's latest run
+    ever_promoted = {s.model_version for s in summaries if s.promoted}
+    client = MlflowClient(settings.tracking_uri)
+    run_id = summaries[-1].mlflow_run_id
+    assert run_id is not None
+    svg = ET.parse(client.download_artifacts(run_id, "rmse_by_month.svg", str(settings.home)))
+    ns = "{http://www.w3.org/2000/svg}"
+    points = {e.findtext(f"{ns}title"): e.get("fill") for e in svg.iter(f"{ns}circle")}
+    squares = {e.findtext(f"{ns}title") for e in svg.iter(f"{ns}rect") if e.find("*") is not None}
+    expected_points: dict[str, str] = {}
+    expected_squares: set[str] = set()
+    for version, s in last.items():
+        verdict = "promoted" if version in ever_promoted else "not promoted"
+        title = f"{s.month} {version}: challenger RMSE {s.rmse:.3f} ({verdict})"
+        expected_points[title] = "#1f77b4" if version in ever_promoted else "white"
+        if s.champion_rmse is not None:
+            expected_squares.add(f"{s.month} {version}: production RMSE {s.champion_rmse:.3f}")
+    assert len(points) == len(last) > 1 and points == expected_points
+    assert squares == expected_squares
 
 
 def test_the_same_bytes_again_say_the_challenger_is_production_itself(
@@ -222,7 +249,7 @@ def test_two_promotions_at_once_are_decided_one_after_the_other(
     taxiops = Path(sys.executable).with_name("taxiops")
     env = {**os.environ, "PREFECT_API_URL": str(prefect_server.api_url)}
 
-    def start(label: str, train_file: Path) -> subprocess.Popen[str]:
+    def start(label: str, train_file: Path) -> subprocess.Popen[bytes]:
         # Files, not pipes: nobody reads a pipe while the test waits.
         with (
             (settings.home / f"{label}.out").open("w") as out,

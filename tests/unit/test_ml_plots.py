@@ -1,4 +1,4 @@
-"""The predicted-vs-actual SVG is a valid, self-contained document."""
+"""The SVG charts (predicted vs actual, RMSE by month) are valid, self-contained documents."""
 
 from __future__ import annotations
 
@@ -46,3 +46,32 @@ def test_data_uri_round_trips() -> None:
     svg = predicted_vs_actual_svg([5.0], [6.0])
     uri = svg_data_uri(svg)
     assert base64.b64decode(uri.split(",", 1)[1]).decode() == svg
+
+
+def test_rmse_chart_has_a_point_per_version_and_breaks_production_where_there_was_none() -> None:
+    from taxiops.ml.plots import rmse_by_month_svg
+
+    svg = ET.fromstring(
+        rmse_by_month_svg(
+            ["2023-01 v1", "2023-02 v2", "2023-03 v3", "2023-04 v4"],
+            [5.4, 5.2, 5.6, 5.0],
+            [None, 5.5, None, 5.1],
+            [True, True, False, True],
+        )
+    )
+    ns = "{http://www.w3.org/2000/svg}"
+    points = [(c.findtext(f"{ns}title"), c.get("fill")) for c in svg.iter(f"{ns}circle")]
+    assert [fill == "white" for _, fill in points] == [False, False, True, False]
+    assert points[2][0] == "2023-03 v3: challenger RMSE 5.600 (not promoted)"
+    squares = [r.findtext(f"{ns}title") for r in svg.iter(f"{ns}rect") if r.find("*") is not None]
+    assert squares == ["2023-02 v2: production RMSE 5.500", "2023-04 v4: production RMSE 5.100"]
+    lines = [p.get("points", "").split() for p in svg.iter(f"{ns}polyline")]
+    assert sorted(len(line) for line in lines) == [4]  # production has no two months in a row
+
+
+def test_rmse_chart_without_versions_says_so_and_lengths_must_agree() -> None:
+    from taxiops.ml.plots import rmse_by_month_svg
+
+    assert "no versions yet" in rmse_by_month_svg([], [], [], [])
+    with pytest.raises(ValueError, match="differ in length"):
+        rmse_by_month_svg(["2023-01 v1"], [5.0, 6.0], [None], [True])

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from taxiops.ml.drift import DriftReport, compare_months
     from taxiops.ml.metrics import Metrics, evaluate
     from taxiops.ml.model import DurationModel, TrainingParams, train_model
-    from taxiops.ml.plots import predicted_vs_actual_svg
+    from taxiops.ml.plots import predicted_vs_actual_svg, rmse_by_month_svg
     from taxiops.ml.synth import resample_month, synth_month, write_repeated, write_synth_month
 
 _HOME = {
@@ -33,6 +33,7 @@ _HOME = {
     "TrainingParams": "model",
     "train_model": "model",
     "predicted_vs_actual_svg": "plots",
+    "rmse_by_month_svg": "plots",
     "resample_month": "synth",
     "synth_month": "synth",
     "write_repeated": "synth",
@@ -58,6 +59,7 @@ __all__ = [
     "load_trips",
     "predicted_vs_actual_svg",
     "resample_month",
+    "rmse_by_month_svg",
     "split_by_pickup_time",
     "synth_month",
     "train_model",

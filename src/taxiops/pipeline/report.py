@@ -55,9 +55,12 @@ class TrainingSummary(BaseModel):
     months: list[MonthRows]
 
 
-def render_markdown(summary: TrainingSummary, chart_uri: str | None = None) -> str:
-    """The markdown report artifact of a run; `chart_uri` is an image (`data:` URI) of the
-    challenger's predicted against actual minutes on the validation month."""
+def render_markdown(
+    summary: TrainingSummary, chart_uri: str | None = None, history_uri: str | None = None
+) -> str:
+    """The markdown report artifact of a run. `chart_uri` is an image (`data:` URI) of the
+    challenger's predicted against actual minutes on the validation month, `history_uri`
+    one of RMSE by month for the recent challengers and production."""
     if summary.promoted:
         verdict = "promoted to production"
     elif summary.model_version == summary.champion_version:
@@ -111,6 +114,8 @@ def render_markdown(summary: TrainingSummary, chart_uri: str | None = None) -> s
     lines += _quality_and_drift(summary)
     if chart_uri is not None:
         lines += ["", "## Predicted vs actual minutes", "", f"![predicted vs actual]({chart_uri})"]
+    if history_uri is not None:
+        lines += ["", "## RMSE by month", "", f"![RMSE by month]({history_uri})"]
     return "\n".join(lines) + "\n"
 
 

@@ -400,9 +400,14 @@ def promote_if_better(
 
 @taxiops_task("record-outcome", cache=False)
 def record_outcome(
-    registry: RegistryRef, version: ModelVersion, seconds: float, promotion: Promotion
+    registry: RegistryRef,
+    version: ModelVersion,
+    seconds: float,
+    promotion: Promotion,
+    champion: ChampionScore,
 ) -> None:
-    """Log the flow's wall time and the verdict on the challenger's run."""
+    """Log the flow's wall time, the verdict and the champion's RMSE on the month to the
+    challenger's run."""
     ModelRegistry.of(registry).record_outcome(
         version,
         {"pipeline_seconds": seconds},
@@ -411,7 +416,26 @@ def record_outcome(
             "promotion_reason": promotion.reason[:4000],
             "production_after": promotion.production or "none",
         },
+        champion_rmse=None if champion.metrics is None else champion.metrics.rmse,
     )
+
+
+@taxiops_task("plot-rmse-history", cache=False)
+def plot_rmse_history(registry: RegistryRef, version: ModelVersion) -> str:
+    """RMSE by month of the taxi type's recent challengers and of production on the same
+    months, as an SVG document, also logged to `version`'s run. Never cached: it draws the
+    registry of now."""
+    models = ModelRegistry.of(registry)
+    history = models.rmse_history(version.taxi_type)
+    svg = ml.rmse_by_month_svg(
+        [f"{point.month} {point.version}" for point in history],
+        [point.rmse for point in history],
+        [point.champion_rmse for point in history],
+        [point.promoted for point in history],
+        title=f"{version.taxi_type}: RMSE by month",
+    )
+    models.log_chart(version, svg, names.RMSE_CHART_ARTIFACT)
+    return svg
 
 
 @contextmanager

@@ -55,6 +55,7 @@ _MODEL_URI_TAG = _TAG + "model_uri"
 _MODEL_ID_TAG = _TAG + "model_id"
 _CARD_TAG = _TAG + "card"
 _PROMOTION_TAG = _TAG + "promotion"
+_CHAMPION_RMSE_METRIC = "champion_rmse"
 _SCHEMA_ROWS = 1_000  # rows a dataset's schema is read from
 _READY_TIMEOUT_SECONDS = 300.0
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -97,6 +98,17 @@ class ModelCard:
     train_rows: int
     val_rows: int
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+@dataclass(frozen=True)
+class ScoredMonth:
+    """One version's run on the RMSE-by-month chart."""
+
+    version: str
+    month: str
+    rmse: float
+    champion_rmse: float | None  # production's RMSE on the same month, if there was one
+    promoted: bool
 
 
 @dataclass(frozen=True)
@@ -227,6 +239,40 @@ class ModelRegistry:
         raw = tags.get(_PROMOTION_TAG)
         return None if raw is None else dict(json.loads(raw))
 
+    def rmse_history(self, taxi_type: str, limit: int = 24) -> list[ScoredMonth]:
+        """The last `limit` versions, oldest first: each challenger's RMSE on its validation
+        month beside production's RMSE on that month (as `record_outcome` logged it), and
+        whether the challenger was promoted."""
+        found = self.client.search_model_versions(f"name='{model_name(taxi_type)}'")
+        ours = [v for v in found if _CARD_TAG in (v.tags or {})]
+        ours = sorted(ours, key=lambda v: int(v.version))[-limit:]
+        if not ours:
+            return []
+        run_ids = ", ".join(f"'{v.run_id}'" for v in ours)
+        runs = self.client.search_runs(
+            [self._experiment_id()],
+            filter_string=f"attributes.run_id IN ({run_ids})",
+            max_results=len(ours),
+        )
+        champion_rmse = {r.info.run_id: r.data.metrics.get(_CHAMPION_RMSE_METRIC) for r in runs}
+        history = []
+        for found_version in ours:
+            version = _version(taxi_type, found_version)
+            history.append(
+                ScoredMonth(
+                    version=version.name,
+                    month=version.card.validation_month,
+                    rmse=version.card.metrics["rmse"],
+                    champion_rmse=champion_rmse.get(version.run_id),
+                    promoted=_PROMOTION_TAG in (found_version.tags or {}),
+                )
+            )
+        return history
+
+    def log_chart(self, version: ModelVersion, svg: str, name: str) -> None:
+        """Add an SVG chart to the version's run, as artifact `name`."""
+        self.client.log_text(version.run_id, svg, name)
+
     def load_model(self, version: ModelVersion) -> DurationModel:
         """The model of a version, ready to predict."""
         from mlflow.artifacts import download_artifacts
@@ -326,11 +372,19 @@ class ModelRegistry:
         return Promotion(True, note + reason, challenger.name, _name(champion))
 
     def record_outcome(
-        self, version: ModelVersion, metrics: dict[str, float], tags: dict[str, str]
+        self,
+        version: ModelVersion,
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        *,
+        champion_rmse: float | None,
     ) -> None:
-        """Add what is known only once the flow ends (its seconds, the verdict) to the run."""
+        """Add what is known only once the flow ends (its seconds, the verdict, production's
+        RMSE on the same month) to the run."""
         from mlflow.entities import Metric, RunTag
 
+        if champion_rmse is not None:
+            metrics = {**metrics, _CHAMPION_RMSE_METRIC: champion_rmse}
         now = int(time.time() * 1000)
         self.client.log_batch(
             version.run_id,
