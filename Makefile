@@ -12,8 +12,12 @@ demo: $(STAMP)
 	$(BIN)/taxiops demo
 
 # Two workers, one test file each at a time (module fixtures such as a served `taxiops up`
-# stay in one worker); each worker starts its own Prefect server.
+# stay in one worker); each worker starts its own Prefect server. Debian packages that
+# tests drive (chromium) are installed first where this runs as root.
+DEBIAN_TEST_PACKAGES := chromium
+
 test: $(STAMP)
+	.ci/debian-packages.sh $(DEBIAN_TEST_PACKAGES)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The unit tests against the lowest versions pyproject.toml allows (own venv: .venv-lowest).
