@@ -365,6 +365,27 @@ def server_processes(pid: int) -> list[int]:
     return processes_below(pid, "prefect", "server", "start")
 
 
+def the_embedded_server(up_pid: int) -> int:
+    """The pid of the one embedded Prefect server below `taxiops up` (waits for it)."""
+    found = wait_until(lambda: server_processes(up_pid), 30, "the embedded server process")
+    assert len(found) == 1, f"one embedded server expected: {found}"
+    return found[0]
+
+
+def embedded_site(root: Path, slack_webhook_url: str, env: dict[str, str] | None = None) -> Site:
+    """A site whose `taxiops up` starts its own Prefect server, on a free port."""
+    from taxiops.app.server import free_port
+
+    api_url = f"http://127.0.0.1:{free_port()}/api"
+    return Site(
+        root,
+        api_url=api_url,
+        slack_webhook_url=slack_webhook_url,
+        env=env or {},
+        embedded_server=True,
+    )
+
+
 def flow_run_processes(flow_run_id: UUID | str) -> list[int]:
     """Pids of the processes running a flow run: `taxiops up` starts each run as
     `python -m prefect.engine` with PREFECT__FLOW_RUN_ID in its environment."""

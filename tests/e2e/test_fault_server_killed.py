@@ -11,15 +11,15 @@ import socket
 import time
 from pathlib import Path
 
-from taxiops.app.server import free_port, is_healthy
+from taxiops.app.server import is_healthy
 from taxiops.intake import LedgerEntry
 from taxiops.notify import SlackInbox
 from tests.e2e.harness import (
     UP_READY,
-    Site,
+    embedded_site,
     runs_by_file,
-    server_processes,
     task_runs_of,
+    the_embedded_server,
     wait_until,
     wait_until_finished,
 )
@@ -34,22 +34,11 @@ SERVER_STOPPED = "the local Prefect server stopped"
 GIVE_UP_TIMEOUT = 180.0
 
 
-def embedded_site(root: Path, inbox: SlackInbox) -> Site:
-    api_url = f"http://127.0.0.1:{free_port()}/api"
-    return Site(root, api_url=api_url, slack_webhook_url=inbox.url, embedded_server=True)
-
-
-def the_server(pid: int) -> int:
-    found = wait_until(lambda: server_processes(pid), 30, "the embedded server process")
-    assert len(found) == 1, f"one embedded server expected: {found}"
-    return found[0]
-
-
 def test_server_killed_while_training_is_restarted_and_the_run_accounted_for(
     tmp_path: Path,
 ) -> None:
     with SlackInbox(echo=False) as inbox:
-        site = embedded_site(tmp_path / "site", inbox)
+        site = embedded_site(tmp_path / "site", inbox.url)
         with site.start("up") as up:
             up.wait_for_log(UP_READY, timeout=STARTUP_TIMEOUT)
             path = site.drop("green", "2023-01", rows=BIG_ROWS)
@@ -66,7 +55,7 @@ def test_server_killed_while_training_is_restarted_and_the_run_accounted_for(
                 )
 
             wait_until(training, RUN_TIMEOUT, f"{run.name} to be training", every=0.1)
-            old_server = the_server(up.pid)
+            old_server = the_embedded_server(up.pid)
             os.kill(old_server, signal.SIGKILL)
             killed_at = time.monotonic()
             wait_until(lambda: not is_healthy(site.api_url), 10, "the server to be gone")
@@ -75,7 +64,7 @@ def test_server_killed_while_training_is_restarted_and_the_run_accounted_for(
             )
             recovered_after = time.monotonic() - killed_at
             assert up.alive
-            assert the_server(up.pid) != old_server
+            assert the_embedded_server(up.pid) != old_server
             assert len(up.log_lines(SERVER_STOPPED)) == 1, up.log()[-3000:]
 
             runs = wait_until_finished(site.api_url, [path], RUN_TIMEOUT)[path]
@@ -113,11 +102,11 @@ def test_server_killed_while_training_is_restarted_and_the_run_accounted_for(
 
 def test_server_that_keeps_dying_ends_up_with_exit_code_2_and_one_line(tmp_path: Path) -> None:
     with SlackInbox(echo=False) as inbox:
-        site = embedded_site(tmp_path / "site", inbox)
+        site = embedded_site(tmp_path / "site", inbox.url)
         port = int(site.api_url.rsplit(":", 1)[1].removesuffix("/api"))
         with site.start("up") as up, socket.socket() as squatter:
             up.wait_for_log(UP_READY, timeout=STARTUP_TIMEOUT)
-            server = the_server(up.pid)
+            server = the_embedded_server(up.pid)
             os.kill(server, signal.SIGKILL)
             # Another listener takes the port: every restart fails to bind it.
             squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
