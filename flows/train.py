@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 from uuid import UUID, uuid5
@@ -53,6 +55,16 @@ class _Steps:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.states: list[State[Any]] = []
+        self.pipeline_seconds = 0.0
+
+    @contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """Count the wall time inside towards `pipeline_seconds`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.pipeline_seconds += time.perf_counter() - started
 
     def run(self, task_: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """The task's value; bad data re-raised, any other failure a `TaskFailedError`."""
@@ -116,14 +128,12 @@ def train_duration_model(
     settings = load_settings()
     logger = get_run_logger()
     read: list[FingerprintedFile] = []
+    steps = _Steps(settings)
     try:
-        # No local keeps the bytes: `_train` lets go of them once they are parsed.
-        summary = _train(
-            settings,
-            _read_months(settings, new_file, train_files, expected_sha256, read),
-            started,
-            skip_bad_sources=train_files is None,
-        )
+        with steps.pipeline():
+            contents = _read_months(settings, new_file, train_files, expected_sha256, read)
+        # `_train` empties `contents` once they are parsed, to let go of the bytes.
+        summary = _train(steps, contents, started, skip_bad_sources=train_files is None)
     except DataValidationError as exc:
         # A Failed state named "Rejected": the UI and the `prefect.flow-run.Rejected`
         # event say what happened, and the generic failure alert stays quiet.
@@ -195,7 +205,7 @@ class _EngineRejectionTraceback(logging.Filter):
 
 
 def _train(
-    settings: Settings,
+    steps: _Steps,
     contents: list[MonthBytes],
     started: float,
     *,
@@ -205,7 +215,7 @@ def _train(
     the new month's (emptied once parsed, to free them). With `skip_bad_sources`, a bad
     earlier month found in the folder is left out (its own run rejects and quarantines it)
     instead of failing the new month; training months named by the caller must all be good."""
-    steps = _Steps(settings)
+    settings = steps.settings
     target = contents[-1].file
     rules = (
         settings.max_file_rows,
@@ -213,9 +223,10 @@ def _train(
         settings.max_duration_minutes,
         settings.max_outside_month_share,
     )
-    *from_sources, validation = steps.run_all(
-        tasks.load_month, [(content, *rules) for content in contents]
-    )
+    with steps.pipeline():
+        *from_sources, validation = steps.run_all(
+            tasks.load_month, [(content, *rules) for content in contents]
+        )
     contents.clear()
     if isinstance(validation, DataValidationError):
         raise validation
@@ -233,17 +244,19 @@ def _train(
             raise loaded_month
     loaded = [*train_months, validation]
     if not train_months:
-        train_part, validation = steps.run(
-            tasks.split_month, validation, settings.validation_fraction
-        )
+        with steps.pipeline():
+            train_part, validation = steps.run(
+                tasks.split_month, validation, settings.validation_fraction
+            )
         train_months = [train_part]
 
     registry = steps.run(tasks.open_registry, settings.tracking_uri, settings.mlflow_artifacts_dir)
     taxi_type = target.trip.taxi_type
     production = steps.run(tasks.read_champion, registry, taxi_type)
     drift = steps.run(tasks.check_drift, train_months, validation, settings.drift_psi_threshold)
-    challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())
-    metrics: ml.Metrics = steps.run(tasks.evaluate_challenger, challenger, validation)
+    with steps.pipeline():
+        challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())
+        metrics: ml.Metrics = steps.run(tasks.evaluate_challenger, challenger, validation)
     chart = steps.run(tasks.plot_predictions, challenger, validation)
     run_id = str(flow_run.get_id() or "")
     version = steps.run(
@@ -299,8 +312,21 @@ def _train(
         total_tasks=len(steps.states),
         months=[_month_rows(m) for m in loaded],
     )
-    summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
-    steps.run(tasks.record_outcome, registry, version, summary.seconds, promotion, champion)
+    summary = summary.model_copy(
+        update={
+            "seconds": round(time.perf_counter() - started, 3),
+            "pipeline_seconds": round(steps.pipeline_seconds, 3),
+        }
+    )
+    steps.run(
+        tasks.record_outcome,
+        registry,
+        version,
+        summary.seconds,
+        summary.pipeline_seconds,
+        promotion,
+        champion,
+    )
     history = steps.run(tasks.plot_rmse_history, registry, version)
     _publish(settings, summary, chart, history)
     return summary

@@ -124,7 +124,9 @@ def test_a_run_records_params_metrics_tags_inputs_and_the_model(
     assert metrics["rmse"] == pytest.approx(summary.rmse)
     assert metrics["mae"] == pytest.approx(summary.mae)
     assert metrics["train_rows"] == summary.train_rows and metrics["val_rows"] == summary.val_rows
-    assert metrics["pipeline_seconds"] == pytest.approx(summary.seconds)
+    assert metrics["flow_seconds"] == pytest.approx(summary.seconds)
+    assert metrics["pipeline_seconds"] == pytest.approx(summary.pipeline_seconds)
+    assert 0 < summary.pipeline_seconds < summary.seconds
     tags = training.data.tags
     assert tags["taxi_type"] == "green" and tags["validation_month"] == "2023-02"
     for month in summary.months:

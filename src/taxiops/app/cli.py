@@ -84,7 +84,8 @@ def train(
     print(
         f"{summary.taxi_type} {summary.month}: {summary.model_version} RMSE {summary.rmse:.3f} "
         f"MAE {summary.mae:.3f} (champion {champion}) -> {verdict}; "
-        f"{summary.seconds:.2f} s, {summary.cached_tasks}/{summary.total_tasks} tasks cached"
+        f"{summary.seconds:.2f} s (pipeline {summary.pipeline_seconds:.2f} s), "
+        f"{summary.cached_tasks}/{summary.total_tasks} tasks cached"
     )
 
 

@@ -403,14 +403,15 @@ def record_outcome(
     registry: RegistryRef,
     version: ModelVersion,
     seconds: float,
+    pipeline_seconds: float,
     promotion: Promotion,
     champion: ChampionScore,
 ) -> None:
-    """Log the flow's wall time, the verdict and the champion's RMSE on the month to the
-    challenger's run."""
+    """Log the flow's and the pipeline's wall times, the verdict and the champion's RMSE on
+    the month to the challenger's run."""
     ModelRegistry.of(registry).record_outcome(
         version,
-        {"pipeline_seconds": seconds},
+        {"flow_seconds": seconds, "pipeline_seconds": pipeline_seconds},
         {
             "promoted": str(promotion.promoted).lower(),
             "promotion_reason": promotion.reason[:4000],
