@@ -171,7 +171,7 @@ def _read_months(
             target.file.path,
             ValidationRule.FILE_CHANGED,
             f"bytes changed after arrival (sha256 {expected_sha256[:12]} -> "
-            f"{target.file.sha256[:12]}); the newer bytes are trained in a run of their own",
+            f"{target.file.sha256[:12]})",
         )
     if train_files is not None:
         sources = [_read(settings, p, read) for p in train_files]

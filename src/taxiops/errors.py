@@ -74,7 +74,7 @@ _HINTS: dict[ValidationRule, str] = {
     ValidationRule.WRONG_TYPE: "check the file is a TLC trip record of the named taxi type",
     ValidationRule.OUTSIDE_MONTH: "check the file holds the month its name says",
     ValidationRule.NO_ROWS_LEFT: "check the pickup/dropoff datetimes of the month",
-    ValidationRule.FILE_CHANGED: "nothing to do: the new bytes are trained in a run of their own",
+    ValidationRule.FILE_CHANGED: "nothing to do: the newer bytes are trained in a run of their own",
     ValidationRule.FILE_VANISHED: "drop the month again if it was removed by mistake",
 }
 

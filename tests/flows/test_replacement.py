@@ -111,6 +111,7 @@ def test_replaced_before_a_watcher_run_read_it_the_run_ends_file_changed_without
     assert state.name == names.REJECTED_STATE and "file-changed" in message
     assert f"{old_sha[:12]} -> {new_sha[:12]}" in message
     assert "newer bytes are trained in a run of their own" in message
+    assert message.count("run of their own") == 1  # said once, by the hint
     # The ledger records the old bytes as rejected (never trained), not succeeded.
     outcome = outcome_from_state(state.type.value, state.name, state.message)
     assert outcome.status is RunStatus.REJECTED
@@ -157,6 +158,10 @@ def test_replaced_during_training_the_record_names_the_bytes_trained_and_the_new
     assert second.model_version != first.model_version
     cards = [v.card for v in ModelRegistry.from_settings(settings).versions("green")]
     assert len({card.model_key for card in cards}) == len(cards) == 2
+    # The same weights as production: no second "New champion" for them.
+    assert len({card.training_key for card in cards}) == 1
+    assert not second.promoted and second.production_version == first.model_version
+    assert f"the same training as {first.model_version}" in second.promotion_reason
 
 
 def test_bad_bytes_replaced_by_good_ones_before_the_verdict_are_neither_quarantined_nor_alerted(

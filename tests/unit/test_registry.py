@@ -77,9 +77,11 @@ def card(key: str, rmse: float = 5.0, month: str = "2023-02") -> ModelCard:
     )
 
 
-def record(key: str, rmse: float = 5.0, month: str = "2023-02") -> TrainingRecord:
+def record(
+    key: str, rmse: float = 5.0, month: str = "2023-02", training: str = ""
+) -> TrainingRecord:
     return TrainingRecord(
-        card=card(key, rmse, month),
+        card=replace(card(key, rmse, month), training_key=training),
         params={"max_depth": "6"},
         tags={"taxi_type": "green"},
         datasets=[],
@@ -213,6 +215,23 @@ def test_a_backfill_never_replaces_production(
 
     assert not backfill.promoted and "backfill" in backfill.reason
     assert registry.production("green") == newer
+
+
+def test_the_same_training_judged_on_new_bytes_of_the_month_is_not_a_new_champion(
+    registry: ModelRegistry, model: DurationModel
+) -> None:
+    """A replaced month file: its run trains the same months again (the same weights) and
+    judges them on the new bytes. A tie must not post "New champion" for the old model."""
+    v1 = registry.register(model, record("a", training="t1"))
+    promote(registry, v1, 5.0)
+    v2 = registry.register(model, record("b", training="t1"))  # other validation bytes
+    v3 = registry.register(model, record("c", training="t2"))  # another training
+
+    same = promote(registry, v2, 5.0, champion=v1, champion_rmse=5.0)
+    assert not same.promoted and "the same training as v1" in same.reason
+    assert "equals v1's 5.000" in same.reason
+    assert registry.production("green") == v1
+    assert promote(registry, v3, 5.0, champion=v1, champion_rmse=5.0).promoted
 
 
 def test_production_itself_is_not_promoted_again_but_a_retried_decision_is_recognised(

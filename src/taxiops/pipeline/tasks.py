@@ -307,6 +307,7 @@ def register_challenger(
     card = ModelCard(
         taxi_type=trip.taxi_type,
         model_key=version_key(challenger.model_key, validation),
+        training_key=challenger.model_key,
         validation_month=validation.label,
         train_months=list(challenger.months),
         data_sha256={**challenger.data_sha256, trip.name: validation.file.sha256},

@@ -25,21 +25,34 @@ def is_backfill(challenger: ModelVersion, champion: ModelVersion) -> bool:
     return validation_month_of(challenger) < validation_month_of(champion)
 
 
+def is_same_training(challenger: ModelVersion, champion: ModelVersion) -> bool:
+    """Whether both came from the same training (judged on different bytes of a month, as
+    after a replaced file): promoting would post a new champion with the old weights."""
+    key = challenger.card.training_key
+    return bool(key) and key == champion.card.training_key
+
+
 def judge(
     challenger: ModelVersion,
     metrics: Metrics,
     champion: ModelVersion | None,
     champion_metrics: Metrics | None,
 ) -> tuple[bool, str]:
-    """The promotion rule, and its reason in words: no champion yet, or not a backfill and
-    an RMSE no worse than the champion's on the same month (the reason says better, worse
-    or equal, and by how much)."""
+    """The promotion rule, and its reason in words: no champion yet, or not a backfill, not
+    the champion's own training again, and an RMSE no worse than the champion's on the same
+    month (the reason says better, worse or equal, and by how much)."""
     if champion is None or champion_metrics is None:
         return True, f"first {challenger.taxi_type} model"
     if is_backfill(challenger, champion):
         return False, (
             f"{validation_month_of(challenger)} is older than {champion.name}'s month "
             f"{validation_month_of(champion)}: a backfill never replaces production"
+        )
+    if is_same_training(challenger, champion):
+        return False, (
+            f"the same training as {champion.name} (same months' bytes, parameters and "
+            f"code), so the same model: production unchanged; "
+            + rmse_comparison(metrics.rmse, champion.name, champion_metrics.rmse)
         )
     return (
         should_promote(metrics, champion_metrics),

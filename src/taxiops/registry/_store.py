@@ -88,7 +88,7 @@ class ModelCard:
     """What a version was trained on and how it scored on its validation month."""
 
     taxi_type: str
-    model_key: str
+    model_key: str  # the training and the validation bytes: one version per pair
     validation_month: str
     train_months: list[str]
     data_sha256: dict[str, str]
@@ -98,6 +98,9 @@ class ModelCard:
     train_rows: int
     val_rows: int
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # The training alone (months' bytes, parameters, code): equal keys, equal weights.
+    # Empty on cards written before it was recorded.
+    training_key: str = ""
 
 
 @dataclass(frozen=True)
