@@ -329,7 +329,8 @@ def _problem(error: ErrorDetails) -> tuple[str, str]:
     info = Settings.model_fields.get(field)
     secret = info is not None and "SecretStr" in str(info.annotation)
     given = "" if secret else f"{error.get('input')!r} is not valid: "
-    return variable, f"{given}{error['msg']}"
+    # A validator's ValueError arrives as "Value error, <ours>": ours is the message.
+    return variable, given + error["msg"].removeprefix("Value error, ")
 
 
 def _field_of(name: str) -> str:

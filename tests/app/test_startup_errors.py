@@ -122,15 +122,8 @@ def test_a_tracking_uri_mlflow_cannot_open_names_the_variable_not_its_secret(
 ) -> None:
     done = _run(tmp_path, {"MLFLOW_TRACKING_URI": "bogus://user:s3cret@example"}, "status")
     line = _assert_one_line(done, "MLFLOW_TRACKING_URI", "'bogus' is not a store MLflow knows")
+    assert "Value error" not in line
     assert "s3cret" not in done.stdout + done.stderr and not line.startswith("taxiops: TAXIOPS_")
-
-
-def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(tmp_path: Path) -> None:
-    uri = f"http://user:s3cret@127.0.0.1:{free_port()}"  # nothing listens there
-    done = _run(tmp_path, {"MLFLOW_TRACKING_URI": uri}, "status")
-    line = _assert_one_line(done, "MLFLOW_TRACKING_URI=http://***@127.0.0.1", "cannot be read")
-    assert "start that tracking server" in line
-    assert "s3cret" not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(
@@ -141,7 +134,7 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(tmp_path: Pa
     ],
     ids=["tracking-server", "database"],
 )
-@pytest.mark.parametrize("command", [["up"], ["train", "x.parquet"]])
+@pytest.mark.parametrize("command", [["up"], ["train", "x.parquet"], ["status"]])
 def test_a_tracking_store_that_does_not_answer_stops_the_start(
     tmp_path: Path, uri: str, problem: str, command: list[str]
 ) -> None:

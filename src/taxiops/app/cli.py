@@ -408,9 +408,10 @@ def _model_lines(settings: Settings) -> list[str]:
 
     from mlflow.exceptions import MlflowException
 
-    from taxiops.app.preflight import unreadable_store
+    from taxiops.app.preflight import check_tracking_store, unreadable_store
     from taxiops.registry import CHAMPION_ALIAS, ModelRegistry, model_name
 
+    check_tracking_store(settings)  # the line `up` gives for a server that does not answer
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     registry = ModelRegistry.from_settings(settings)
