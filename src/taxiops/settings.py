@@ -250,7 +250,12 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri is not None:
             return self.mlflow_tracking_uri.get_secret_value()
         # Runs at once write to one SQLite file: wait for its lock rather than fail at once.
-        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}?timeout=60"
+        return f"sqlite:///{self.local_tracking_db.resolve()}?timeout=60"
+
+    @property
+    def local_tracking_db(self) -> Path:
+        """The SQLite file of the local MLflow store (unused when MLFLOW_TRACKING_URI is set)."""
+        return self.home / "mlflow.db"
 
     @property
     def mlflow_artifacts_dir(self) -> Path | None:

@@ -142,3 +142,12 @@ def test_a_tracking_store_that_does_not_answer_stops_the_start(
     done = _run(tmp_path, {"MLFLOW_TRACKING_URI": configured}, *command)
     line = _assert_one_line(done, "MLFLOW_TRACKING_URI=", "***@127.0.0.1", problem)
     assert "unset MLFLOW_TRACKING_URI" in line and "s3cret" not in done.stdout + done.stderr
+
+
+def test_status_on_a_new_home_creates_no_store_and_prints_nothing_on_stderr(
+    tmp_path: Path,
+) -> None:
+    done = _run(tmp_path, {}, "status")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "no files seen yet" in done.stdout
+    assert not (tmp_path / "home" / "mlflow.db").exists()

@@ -411,6 +411,8 @@ def _model_lines(settings: Settings) -> list[str]:
     from taxiops.app.preflight import check_tracking_store, unreadable_store
     from taxiops.registry import CHAMPION_ALIAS, ModelRegistry, model_name
 
+    if settings.mlflow_tracking_uri is None and not settings.local_tracking_db.exists():
+        return []  # no local store yet: a read command does not create one
     check_tracking_store(settings)  # the line `up` gives for a server that does not answer
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
