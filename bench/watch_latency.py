@@ -175,7 +175,7 @@ def main() -> int:
         "  detect   = rename -> ledger `seen` (inotify, 0.1 s debounce, "
         "TAXIOPS_WATCH_SETTLE_SECONDS, footer check, SHA-256)\n"
         "  hand-off = `seen` -> flow run created on the server\n"
-        "  pick-up  = created -> Pending (runner poll, TAXIOPS_RUNNER_POLL_SECONDS)\n"
+        "  pick-up  = created -> Pending (the watcher wakes the runner after the hand-off)\n"
         "  start    = Pending -> Running (`python -m prefect.engine` process starts, "
         "loads the flow)\n"
         "  polled   = when this script (polling every 50 ms) first saw Running or later\n"

@@ -117,7 +117,10 @@ class Settings(BaseSettings):
         description="A running flow run with no heartbeat for this long is marked Crashed (server side).",
     )
     runner_poll_seconds: float = Field(
-        0.1, gt=0, description="How often `taxiops up` looks for new runs."
+        1.0,
+        gt=0,
+        description="How often `taxiops up` looks for new runs it was not told about (the "
+        "schedule's, retries from the UI); the watcher's hand-offs start at once.",
     )
     retry_crashed_runs: int = Field(
         1,

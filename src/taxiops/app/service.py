@@ -207,10 +207,14 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    watcher = WatcherChild(settings, api.api_url) if watch else None
+    supervisor = RunnerSupervisor(settings, api.api_url, runner)
+
+    def wake_the_runner() -> None:  # on a watcher thread, after each hand-off
+        asyncio.run_coroutine_threadsafe(supervisor.look_for_runs_now(), loop)
+
+    watcher = WatcherChild(settings, api.api_url, on_handed_off=wake_the_runner) if watch else None
     if watcher is not None:
         await watcher.start(stop)
-    supervisor = RunnerSupervisor(settings, api.api_url, runner)
     serving = asyncio.create_task(supervisor.serve(stop))
     children: list[asyncio.Task[Any]] = [serving]
     for server in (api.server, ui):
@@ -285,17 +289,26 @@ class WatcherChild:
 
     name = "the watcher"
 
-    def __init__(self, settings: Settings, api_url: str, *, poll_every: float = 0.5) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        api_url: str,
+        *,
+        poll_every: float = 0.5,
+        on_handed_off: Callable[[], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._api_url = api_url
         self._poll_every = poll_every
+        self._on_handed_off = on_handed_off
         self.service: WatcherService | None = None
 
     async def start(self, stop: asyncio.Event) -> bool:
         if self.service is not None and self.service.failure() is None:
             return True  # the first one, started before the runner; `wait` watches it
         await self.astop()
-        service = WatcherService(self._settings, PrefectSubmitter(self._api_url))
+        submitter = PrefectSubmitter(self._api_url, on_created=self._on_handed_off)
+        service = WatcherService(self._settings, submitter)
         await asyncio.to_thread(service.start)
         self.service = service
         if stop.is_set():  # `taxiops up` is stopping: it may have stopped the last one already
@@ -384,6 +397,20 @@ class RunnerSupervisor:
             if await stopped_within(stop, self._health_every):
                 break
         return None
+
+    async def look_for_runs_now(self) -> None:
+        """Submit the runs waiting for this runner now, not at its next poll: the watcher
+        calls it after each hand-off, so the runner can poll slowly (`runner_poll_seconds`)
+        and still start a dropped file at once. A failure is left to the next poll."""
+        runner = self.runner
+        if not runner.started or runner.stopping:
+            return
+        try:
+            # Runner's own poll step (private in Prefect 3.9): it skips runs it is already
+            # submitting, so a poll that runs at the same moment starts nothing twice.
+            await runner._get_and_submit_flow_runs()  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            logger.debug("looking for runs after a hand-off failed: %s", describe(exc))
 
     async def astop(self) -> None:
         """Stop the current runner (and cancel its runs, as `Runner.astop` does)."""

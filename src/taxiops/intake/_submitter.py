@@ -7,7 +7,7 @@ tests use a recording fake while `PrefectSubmitter` is tested against a real ser
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -135,10 +135,13 @@ class PrefectSubmitter:
         *,
         deployment_name: str = names.TRAIN_DEPLOYMENT_FULL,
         request_timeout_seconds: float = 10.0,
+        on_created: Callable[[], None] | None = None,
     ) -> None:
+        """`on_created` is called once a flow run exists (`taxiops up` wakes its runner)."""
         self._api_url = api_url.rstrip("/")
         self._deployment_name = deployment_name
         self._timeout = request_timeout_seconds
+        self._on_created = on_created
         self._one_try: SettingsContext | None = None
 
     @classmethod
@@ -205,6 +208,8 @@ class PrefectSubmitter:
                     name=name,
                     tags=["taxiops", f"taxi:{taxi_type}", f"month:{month}"],
                 )
+                if self._on_created is not None:
+                    self._on_created()
                 event = Event.model_validate(
                     {
                         "id": arrival_event_id(incoming.sha256, str(run.id)),

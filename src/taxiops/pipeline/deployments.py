@@ -79,7 +79,8 @@ async def served_deployments(settings: Settings) -> list[RunnerDeployment]:
 
 async def start_serving(settings: Settings) -> tuple[Runner, list[RunnerDeployment]]:
     """A runner holding both deployments (registered with the API): at most `serve_limit`
-    runs at once, polling every `runner_poll_seconds` so a handed-off file starts at once."""
+    runs at once, polling every `runner_poll_seconds` (the watcher of `taxiops up` also
+    wakes it after each hand-off)."""
     runner = Runner(
         name="taxiops",
         query_seconds=settings.runner_poll_seconds,
