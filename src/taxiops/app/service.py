@@ -210,7 +210,8 @@ async def _serve(
     supervisor = RunnerSupervisor(settings, api.api_url, runner)
 
     def wake_the_runner() -> None:  # on a watcher thread, after each hand-off
-        asyncio.run_coroutine_threadsafe(supervisor.look_for_runs_now(), loop)
+        with suppress(RuntimeError):  # the loop is closed: `taxiops up` is stopping
+            asyncio.run_coroutine_threadsafe(supervisor.look_for_runs_now(), loop)
 
     watcher = WatcherChild(settings, api.api_url, on_handed_off=wake_the_runner) if watch else None
     if watcher is not None:
