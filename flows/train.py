@@ -272,7 +272,9 @@ def _train(
             "prefect.flow_run_url": names.flow_run_url(get_current_settings().ui_url, run_id) or "",
         },
     )
-    champion = steps.run(tasks.evaluate_champion, registry, production, validation)
+    champion = steps.run(
+        tasks.evaluate_champion, registry, production, validation, version, metrics
+    )
     promotion = steps.run(
         tasks.promote_if_better, registry, version, metrics, champion, validation, run_id
     )

@@ -362,11 +362,18 @@ class ChampionScore:
 
 @taxiops_task("evaluate-champion")
 def evaluate_champion(
-    registry: RegistryRef, champion: ModelVersion | None, month: MonthData
+    registry: RegistryRef,
+    champion: ModelVersion | None,
+    month: MonthData,
+    challenger: ModelVersion,
+    challenger_metrics: ml.Metrics,
 ) -> ChampionScore:
-    """Score the production model on the challenger's validation month."""
+    """Score the production model on the challenger's validation month; when production is
+    the challenger itself (the same bytes again), its score is the challenger's."""
     if champion is None:
         return ChampionScore(version=None, metrics=None)
+    if champion.number == challenger.number:
+        return ChampionScore(version=champion, metrics=challenger_metrics)
     model = ModelRegistry.of(registry).load_model(champion)
     return ChampionScore(version=champion, metrics=ml.evaluate(model, month.trips.frame))
 
