@@ -365,6 +365,14 @@ def server_processes(pid: int) -> list[int]:
     return processes_below(pid, "prefect", "server", "start")
 
 
+def drop_junk(site: Site, year: int) -> Path:
+    """A file whose name says month 13, landed complete: the watcher rejects it
+    (file-name) at once."""
+    staged = site.staging / f"green_tripdata_{year}-13.parquet"
+    staged.write_bytes(b"junk")
+    return staged.rename(site.incoming / staged.name)
+
+
 def the_embedded_server(up_pid: int) -> int:
     """The pid of the one embedded Prefect server below `taxiops up` (waits for it)."""
     found = wait_until(lambda: server_processes(up_pid), 30, "the embedded server process")

@@ -15,6 +15,7 @@ from taxiops import names
 from taxiops.app.server import LocalPrefectServer
 from taxiops.notify import InboxMessage
 from taxiops.notify.outbox import Outbox
+from tests.e2e import harness
 from tests.e2e.harness import (
     UP_READY,
     ServedSite,
@@ -37,10 +38,8 @@ FAST_ALERTS = {
 
 
 def drop_junk(served: ServedSite, number: int) -> Path:
-    """A file whose name says month 13: the watcher rejects it (file-name) at once."""
-    staged = served.site.staging / f"green_tripdata_{2100 + number}-13.parquet"
-    staged.write_bytes(b"junk")
-    return staged.rename(served.site.incoming / staged.name)
+    """Junk number `number` (see the harness's `drop_junk`)."""
+    return harness.drop_junk(served.site, 2100 + number)
 
 
 def about(messages: list[InboxMessage], needle: str) -> list[InboxMessage]:

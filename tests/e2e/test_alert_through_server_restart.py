@@ -11,18 +11,17 @@ from pathlib import Path
 from taxiops.app.server import is_healthy
 from taxiops.notify import SlackInbox
 from taxiops.notify.outbox import Outbox
-from tests.e2e.harness import UP_READY, Site, embedded_site, the_embedded_server, wait_until
+from tests.e2e.harness import (
+    UP_READY,
+    drop_junk,
+    embedded_site,
+    the_embedded_server,
+    wait_until,
+)
 
 STARTUP_TIMEOUT = 360.0  # a first start on this busy 2-core machine took over 120 s
 RECOVER_TIMEOUT = 120.0
 FAST_ALERTS = {"TAXIOPS_ALERT_RETRY_MAX_SECONDS": "2"}
-
-
-def drop_junk(site: Site, year: int) -> Path:
-    """A file whose name says month 13: the watcher rejects it (file-name) at once."""
-    staged = site.staging / f"green_tripdata_{year}-13.parquet"
-    staged.write_bytes(b"junk")
-    return staged.rename(site.incoming / staged.name)
 
 
 def test_alerts_pending_through_a_server_restart_arrive_once(tmp_path: Path) -> None:

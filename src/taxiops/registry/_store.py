@@ -203,9 +203,7 @@ class ModelRegistry:
     # --- reading --------------------------------------------------------------
     def versions(self, taxi_type: str) -> list[ModelVersion]:
         """All taxiops versions of a taxi type, oldest first."""
-        found = self.client.search_model_versions(f"name='{model_name(taxi_type)}'")
-        versions = [_version(taxi_type, v) for v in found if _CARD_TAG in (v.tags or {})]
-        return sorted(versions, key=lambda v: v.number)
+        return [_version(taxi_type, v) for v in self._carded_versions(taxi_type)]
 
     def taxi_types(self) -> list[str]:
         """Taxi types that have a registered model."""
@@ -246,9 +244,7 @@ class ModelRegistry:
         """The last `limit` versions, oldest first: each challenger's RMSE on its validation
         month beside production's RMSE on that month (as `record_outcome` logged it), and
         whether the challenger was promoted."""
-        found = self.client.search_model_versions(f"name='{model_name(taxi_type)}'")
-        ours = [v for v in found if _CARD_TAG in (v.tags or {})]
-        ours = sorted(ours, key=lambda v: int(v.version))[-limit:]
+        ours = self._carded_versions(taxi_type)[-limit:]
         if not ours:
             return []
         run_ids = ", ".join(f"'{v.run_id}'" for v in ours)
@@ -396,6 +392,13 @@ class ModelRegistry:
         )
 
     # --- internals --------------------------------------------------------------
+    def _carded_versions(self, taxi_type: str) -> list[MlflowModelVersion]:
+        """The versions of a taxi type's model that taxiops registered (they carry its
+        card), oldest first, as MLflow returns them (with their tags)."""
+        found = self.client.search_model_versions(f"name='{model_name(taxi_type)}'")
+        ours = [v for v in found if _CARD_TAG in (v.tags or {})]
+        return sorted(ours, key=lambda v: int(v.version))
+
     def _already_production(self, challenger: ModelVersion, decided_by: str) -> Promotion:
         record = self.promotion_of(challenger) or {}
         if record.get("by") == decided_by:  # this decision, retried after a fault
