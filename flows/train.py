@@ -38,7 +38,7 @@ from taxiops.payloads import DataDrift, DataRejected, ModelTrained
 from taxiops.pipeline import tasks
 from taxiops.pipeline.lineage import FingerprintedFile, MonthBytes, MonthData
 from taxiops.pipeline.report import MonthRows, TrainingSummary, registry_table, render_markdown
-from taxiops.registry import ModelRegistry, ModelVersion
+from taxiops.registry import ModelRegistry, ModelVersion, sign_in
 from taxiops.settings import Settings, load_settings
 from taxiops.tripfile import earlier_months_in_folder, sha256_of
 
@@ -126,6 +126,7 @@ def train_duration_model(
     """
     started = time.perf_counter()
     settings = load_settings()
+    sign_in(settings)  # a team's tracking server wants the team's credentials
     logger = get_run_logger()
     read: list[FingerprintedFile] = []
     steps = _Steps(settings)

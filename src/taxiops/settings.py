@@ -21,6 +21,9 @@ _MLFLOW_STORE_SCHEMES = frozenset(
     {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks"}
 )
 
+# MLflow's basic-auth app refuses a shorter admin password.
+_MIN_PASSWORD_LENGTH = 12
+
 
 class Settings(BaseSettings):
     """taxiops configuration. Every field is documented in `.env.example`."""
@@ -91,6 +94,28 @@ class Settings(BaseSettings):
     )
     mlflow_ui_port: int = Field(
         5000, ge=1, le=65535, description="Port of the MLflow UI `taxiops up` serves."
+    )
+    api_auth_string: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("PREFECT_API_AUTH_STRING", "TAXIOPS_API_AUTH_STRING"),
+        description="USER:PASSWORD of the team servers (`taxiops server`): the Prefect API's "
+        "basic auth, also the MLflow tracking server's admin; Prefect's own variable, so "
+        "workers send it too. Required when TAXIOPS_SERVER_HOST is beyond loopback.",
+    )
+    server_database_url: SecretStr | None = Field(
+        None,
+        description="The database of the Prefect server taxiops starts, e.g. "
+        "postgresql+asyncpg://user:pass@db/prefect; default: SQLite under TAXIOPS_HOME.",
+    )
+    mlflow_backend_store_uri: SecretStr | None = Field(
+        None,
+        description="The store of the MLflow tracking server `taxiops server` runs, e.g. "
+        "postgresql://user:pass@db/mlflow; default: SQLite under TAXIOPS_HOME.",
+    )
+    mlflow_artifacts_destination: str | None = Field(
+        None,
+        description="Where the tracking server of `taxiops server` keeps model files it "
+        "serves to every worker (a folder or s3://...); default: TAXIOPS_HOME/mlartifacts.",
     )
     serve_limit: int = Field(2, ge=1, description="Training runs executed at once by `taxiops up`.")
     schedule_cron: str = Field("0 6 2 * *", description="Cron of the monthly retraining schedule.")
@@ -226,7 +251,7 @@ class Settings(BaseSettings):
         description="The storm window; a grouped message goes out when its window ends.",
     )
 
-    @field_validator("mlflow_tracking_uri")
+    @field_validator("mlflow_tracking_uri", "mlflow_backend_store_uri")
     @classmethod
     def _known_store(cls, value: SecretStr | None) -> SecretStr | None:
         """A scheme MLflow keeps runs and models in; the message names the scheme only (the
@@ -237,6 +262,34 @@ class Settings(BaseSettings):
         if scheme not in _MLFLOW_STORE_SCHEMES:
             known = ", ".join(sorted(_MLFLOW_STORE_SCHEMES - {""}))
             raise ValueError(f"scheme {scheme!r} is not a store MLflow knows ({known})")
+        return value
+
+    @field_validator("api_auth_string")
+    @classmethod
+    def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        """USER:PASSWORD (HTTP basic auth), the password 12 characters or more (MLflow's
+        basic-auth app refuses shorter ones); the message holds neither."""
+        if value is None:
+            return value
+        user, colon, password = value.get_secret_value().partition(":")
+        if not (user and colon and password):
+            raise ValueError("must be USER:PASSWORD, both non-empty")
+        if len(password) < _MIN_PASSWORD_LENGTH:
+            raise ValueError(f"its password must be {_MIN_PASSWORD_LENGTH} characters or more")
+        return value
+
+    @field_validator("server_database_url")
+    @classmethod
+    def _prefect_database(cls, value: SecretStr | None) -> SecretStr | None:
+        """A database the Prefect server runs on; the message names the scheme only."""
+        if value is None:
+            return value
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+            raise ValueError(
+                f"scheme {scheme!r} is not a Prefect server database "
+                "(postgresql+asyncpg or sqlite+aiosqlite)"
+            )
         return value
 
     @field_validator("retrain_taxi_types", mode="before")
@@ -278,6 +331,19 @@ class Settings(BaseSettings):
         if self.mlflow_ui and self.mlflow_tracking_uri is None:
             return f"http://{self.server_host}:{self.mlflow_ui_port}"
         return None
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """(user, password) of `PREFECT_API_AUTH_STRING`, or None."""
+        if self.api_auth_string is None:
+            return None
+        user, _, password = self.api_auth_string.get_secret_value().partition(":")
+        return user, password
+
+    @property
+    def server_on_loopback(self) -> bool:
+        """Whether the servers taxiops starts listen on this machine only."""
+        return is_loopback(self.server_host)
 
     @property
     def results_dir(self) -> Path:
@@ -324,6 +390,18 @@ def variable_for(field: str) -> str:
     if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
         return alias.choices[0]
     return f"TAXIOPS_{field.upper()}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback name or address (`localhost`, 127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def store_scheme(uri: str) -> str:

@@ -14,6 +14,7 @@ from taxiops.errors import TaxiopsError
 
 if TYPE_CHECKING:
     from taxiops.app.service import ServiceReady
+    from taxiops.app.team import TeamServerReady
     from taxiops.notify.automations import ApplyReport
     from taxiops.settings import Settings
 
@@ -199,12 +200,7 @@ def _announce(ready: ServiceReady) -> None:
             flush=True,
         )
     print(f"  serving {', '.join(ready.deployments)}", flush=True)
-    report = ready.automations
-    print(
-        f"  automations: {len(report.created)} created, {len(report.updated)} updated, "
-        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed",
-        flush=True,
-    )
+    _print_automations(ready.automations)
     print("Press Ctrl-C to stop.", flush=True)
 
 
@@ -284,6 +280,7 @@ def _check_service_can_start(settings: Settings, *, watch: bool) -> None:
     if api_url:
         preflight.check_api_answers(api_url)
     else:
+        preflight.check_exposure(settings)
         preflight.check_port_free(settings)
     preflight.check_tracking_store(settings)
 
@@ -313,6 +310,40 @@ def _this_command() -> str:
         return os.path.relpath(program)
     except ValueError:
         return str(program)
+
+
+@app.command()
+def server() -> None:
+    """Team mode's server: Prefect + MLflow (on TAXIOPS_SERVER_DATABASE_URL and
+    TAXIOPS_MLFLOW_BACKEND_STORE_URI), the work pool, the automations and the alerts."""
+    from taxiops.app import preflight
+    from taxiops.app.team import run_team_server
+    from taxiops.settings import load_settings
+
+    settings = load_settings()
+    preflight.check_exposure(settings)
+    preflight.check_folders(settings, incoming=False)
+    preflight.check_port_free(settings)
+    _show_taxiops_logs()
+    run_team_server(settings, on_ready=_announce_team_server)
+    print("taxiops server stopped.", flush=True)
+
+
+def _print_automations(report: ApplyReport) -> None:
+    print(
+        f"  automations: {len(report.created)} created, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed",
+        flush=True,
+    )
+
+
+def _announce_team_server(ready: TeamServerReady) -> None:
+    auth = "basic auth on" if ready.authenticated else "no authentication (loopback only)"
+    print(f"taxiops server is up — Prefect UI: {ready.prefect_ui_url}  ({auth})", flush=True)
+    print(f"  workers and watchers: PREFECT_API_URL={ready.prefect_api_url}", flush=True)
+    print(f"  MLflow: MLFLOW_TRACKING_URI={ready.mlflow_url}", flush=True)
+    _print_automations(ready.automations)
+    print("Press Ctrl-C to stop.", flush=True)
 
 
 @app.command()

@@ -45,6 +45,19 @@ def check_folders(settings: Settings, *, incoming: bool = True) -> None:
         check_folder("TAXIOPS_INCOMING_DIR", settings.incoming_dir)
 
 
+def check_exposure(settings: Settings) -> None:
+    """Servers taxiops starts beyond loopback need credentials: `StartupError` if none."""
+    if settings.server_on_loopback or settings.credentials is not None:
+        return
+    raise StartupError(
+        f"TAXIOPS_SERVER_HOST={settings.server_host}",
+        "beyond loopback, and without credentials its servers would take orders from "
+        "anyone who reaches them",
+        "set PREFECT_API_AUTH_STRING=USER:PASSWORD (in .env) here and for every worker and "
+        "watcher, or bind to 127.0.0.1",
+    )
+
+
 def check_port_free(settings: Settings) -> None:
     """The local server's port is free, or a Prefect server already answers there (which
     `taxiops up` reports itself)."""

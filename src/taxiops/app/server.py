@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -48,18 +49,32 @@ def port_in_use(host: str, port: int) -> bool:
     return bind_error(host, port) is not None
 
 
-def server_environment(state_dir: Path, host: str, port: int) -> dict[str, str]:
-    """Environment for a Prefect server whose every file lives in `state_dir`."""
+def server_environment(
+    state_dir: Path,
+    host: str,
+    port: int,
+    *,
+    database_url: str | None = None,
+    auth_string: str | None = None,
+) -> dict[str, str]:
+    """Environment for a Prefect server whose every file lives in `state_dir`, on SQLite
+    there unless `database_url` names another database; `auth_string` (USER:PASSWORD)
+    turns on the API's basic auth. Secrets travel here, never on a command line."""
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
     env.update(
         PREFECT_HOME=str(state_dir),
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url
+        or f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}",
         PREFECT_SERVER_API_HOST=host,
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_API_URL=f"http://{host}:{port}/api",
+        # A server bound to every address is opened by other names: its UI asks its own origin.
+        PREFECT_UI_API_URL="/api" if host in ("0.0.0.0", "::") else f"http://{host}:{port}/api",
     )
+    if auth_string is not None:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     return env
 
 
@@ -158,7 +173,11 @@ class LocalServer(Lifecycle):
 
 @dataclass
 class LocalPrefectServer(LocalServer):
-    """`prefect server start` on SQLite in `state_dir`."""
+    """`prefect server start` on SQLite in `state_dir`, or on `database_url`; with
+    `auth_string`, every API request but the health check needs it (HTTP basic auth)."""
+
+    database_url: str | None = field(default=None, repr=False)
+    auth_string: str | None = field(default=None, repr=False)
 
     label = "Prefect server"
 
@@ -174,16 +193,30 @@ class LocalPrefectServer(LocalServer):
         return [sys.executable, "-m", "prefect", "server", "start", "--no-background"]
 
     def environment(self) -> dict[str, str]:
-        return server_environment(self.state_dir, self.host, self.port)
+        return server_environment(
+            self.state_dir,
+            self.host,
+            self.port,
+            database_url=self.database_url,
+            auth_string=self.auth_string,
+        )
 
 
 @dataclass
 class LocalMlflowServer(LocalServer):
-    """`mlflow server`: the MLflow UI (and REST API) over a local tracking store. The
-    store's URI travels in the environment, never on the command line."""
+    """`mlflow server`: the MLflow UI (and REST API) over a tracking store. The store's URI
+    and the credentials travel in the environment, never on the command line.
 
-    tracking_uri: str = ""
+    `artifacts_dir` is where clients write model files themselves (one machine). With
+    `artifacts_destination` instead the server keeps them and serves them over HTTP
+    (`mlflow-artifacts:`), so workers elsewhere need no shared folder. `credentials`
+    (user, password) turn on MLflow's basic-auth app with that user as its admin and no
+    access for anyone else."""
+
+    tracking_uri: str = field(default="", repr=False)
     artifacts_dir: Path | None = None
+    artifacts_destination: str | None = None
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
     port: int = 5000
 
     label = "MLflow UI"
@@ -193,17 +226,50 @@ class LocalMlflowServer(LocalServer):
         return f"{self.ui_url}/health"
 
     def command(self) -> list[str]:
+        auth = ("--app-name", "basic-auth") if self.credentials is not None else ()
         return [
             *(sys.executable, "-m", "mlflow", "server"),
-            *("--host", self.host, "--port", str(self.port), "--workers", "1"),
+            *("--host", self.host, "--port", str(self.port), "--workers", "1", *auth),
         ]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["MLFLOW_BACKEND_STORE_URI"] = self.tracking_uri
-        if self.artifacts_dir is not None:
+        if self.artifacts_destination is not None:
+            env["MLFLOW_ARTIFACTS_DESTINATION"] = self.artifacts_destination
+        elif self.artifacts_dir is not None:
             env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = str(self.artifacts_dir.resolve())
+        if self.credentials is not None:
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(self._auth_config())
+            env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"] = self.credentials
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = self._csrf_key()
         return env
+
+    def _csrf_key(self) -> str:
+        """The auth app's CSRF key: made once, kept (owner-only) so restarts keep it."""
+        path = self.state_dir / "flask-secret-key"
+        if not path.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as key:
+                key.write(secrets.token_hex(32))
+        return path.read_text().strip()
+
+    def _auth_config(self) -> Path:
+        """The basic-auth app's settings (no secret in them): users in SQLite here, and no
+        permission for a user the admin did not grant one."""
+        path = self.state_dir / "basic_auth.ini"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = sqlite:///{(self.state_dir / 'basic_auth.db').resolve()}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # A checked password is trusted for a minute, not hashed again (PBKDF2) for
+            # each of the dozens of requests a training run makes.
+            "auth_cache_ttl_seconds = 60\n"
+        )
+        return path
 
 
 def is_healthy(api_url: str) -> bool:

@@ -19,7 +19,12 @@ from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.runner import Runner
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_AUTH_STRING,
+    PREFECT_API_URL,
+    PREFECT_UI_URL,
+    temporary_settings,
+)
 
 from taxiops.app.outage_logs import quiet_api_outages
 from taxiops.app.server import (
@@ -77,8 +82,17 @@ def prefect_api(settings: Settings) -> Iterator[PrefectApi]:
         with temporary_settings(updates={PREFECT_API_URL: external}):
             yield api
         return
+    auth = settings.api_auth_string
     server = LocalPrefectServer(
-        state_dir=settings.server_dir, host=settings.server_host, port=settings.server_port
+        state_dir=settings.server_dir,
+        host=settings.server_host,
+        port=settings.server_port,
+        database_url=(
+            None
+            if settings.server_database_url is None
+            else settings.server_database_url.get_secret_value()
+        ),
+        auth_string=None if auth is None else auth.get_secret_value(),
     )
     if is_healthy(server.api_url):
         raise PrefectApiError(
@@ -90,10 +104,12 @@ def prefect_api(settings: Settings) -> Iterator[PrefectApi]:
     except (RuntimeError, TimeoutError) as exc:
         raise PrefectApiError(f"cannot start the local Prefect server: {exc}") from exc
     os.environ["PREFECT_API_URL"] = server.api_url
+    updates: dict[Any, Any] = {PREFECT_API_URL: server.api_url, PREFECT_UI_URL: server.ui_url}
+    if auth is not None:  # children (flow runs) read it from the environment, as workers do
+        os.environ["PREFECT_API_AUTH_STRING"] = auth.get_secret_value()
+        updates[PREFECT_API_AUTH_STRING] = auth.get_secret_value()
     try:
-        with temporary_settings(
-            updates={PREFECT_API_URL: server.api_url, PREFECT_UI_URL: server.ui_url}
-        ):
+        with temporary_settings(updates=updates):
             yield PrefectApi(
                 api_url=server.api_url, ui_url=server.ui_url, local=True, server=server
             )

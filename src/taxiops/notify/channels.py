@@ -8,7 +8,6 @@ call are masked the same way.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import time
@@ -35,6 +34,7 @@ from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 from taxiops.errors import NotificationDeliveryError
 from taxiops.notify._redact import private_logger, redact, redacted_logger
 from taxiops.notify.render import NotifyLevel, SlackMessage
+from taxiops.settings import is_loopback
 
 _LOGGER_NAME = "taxiops.notify"
 SLACK_WEBHOOK = "slack-webhook"
@@ -357,9 +357,4 @@ def _is_loopback(url: str) -> bool:
         host = urlsplit(url).hostname or ""
     except ValueError:
         return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(host)

@@ -22,6 +22,7 @@ from taxiops.registry._store import (
     TrainingDataset,
     TrainingRecord,
     model_name,
+    sign_in,
 )
 
 __all__ = [
@@ -40,5 +41,6 @@ __all__ = [
     "model_name",
     "rmse_comparison",
     "should_promote",
+    "sign_in",
     "validation_month_of",
 ]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from taxiops.errors import RegistryError
 from taxiops.registry._rules import judge
+from taxiops.settings import store_scheme
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +41,22 @@ if TYPE_CHECKING:
 
     from taxiops.ml import DurationModel, Metrics
     from taxiops.settings import Settings
+
+
+def sign_in(settings: Settings) -> None:
+    """Send a tracking server the team's credentials (`PREFECT_API_AUTH_STRING`, which
+    `taxiops server` makes MLflow's admin) from now on in this process, unless MLflow's own
+    `MLFLOW_TRACKING_USERNAME` is set. MLflow reads them from the environment (never argv)
+    and only sends them to http(s) stores."""
+    if (
+        settings.credentials is not None
+        and store_scheme(settings.tracking_uri) in ("http", "https")
+        and "MLFLOW_TRACKING_USERNAME" not in os.environ
+    ):
+        user, password = settings.credentials
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+
 
 #: The registered model of a taxi type is `taxi-duration-<type>`.
 MODEL_NAME_PREFIX = "taxi-duration-"
@@ -186,7 +203,9 @@ class ModelRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
-        """The registry `settings` name (`MLFLOW_TRACKING_URI`, or the local store)."""
+        """The registry `settings` name (`MLFLOW_TRACKING_URI`, or the local store), with
+        this process signed in to it (`sign_in`)."""
+        sign_in(settings)
         return cls(settings.tracking_uri, settings.mlflow_artifacts_dir)
 
     @classmethod
