@@ -96,13 +96,14 @@ async def start_serving(settings: Settings) -> tuple[Runner, list[RunnerDeployme
 
 PREFECT_YAML_HEADER = f"""\
 # Written by `python -m taxiops.pipeline.deployments > prefect.yaml` from the settings
-# (TAXIOPS_SERVE_LIMIT, TAXIOPS_SCHEDULE_CRON, TAXIOPS_SCHEDULE_TIMEZONE); the tests check
+# (TAXIOPS_SERVE_LIMIT, TAXIOPS_SCHEDULE_CRON, TAXIOPS_SCHEDULE_TIMEZONE,
+# TAXIOPS_HEARTBEAT_SECONDS); the tests check
 # that this file equals the one the default settings give. Edit the settings, not this file.
 #
 # Deployments for `prefect deploy --all` against any Prefect server with a
-# `process` work pool named {names.WORK_POOL} (see README, "Scale out"):
+# `process` work pool named {names.WORK_POOL} (see README, "Team mode"; `taxiops server`
+# creates the pool):
 #
-#   prefect work-pool create {names.WORK_POOL} --type process
 #   prefect deploy --all
 #   prefect worker start --pool {names.WORK_POOL}
 #
@@ -128,7 +129,14 @@ def prefect_yaml(settings: Settings) -> str:
         }
         if spec.cron is not None:
             entry["schedules"] = [{"cron": spec.cron, "timezone": spec.timezone, "active": True}]
-        entry["work_pool"] = {"name": names.WORK_POOL}
+        # The worker's flow-run processes beat as the runner of `taxiops up` makes its beat:
+        # without heartbeats the server-side "silent run" automation never sees a worker die.
+        entry["work_pool"] = {
+            "name": names.WORK_POOL,
+            "job_variables": {
+                "env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.heartbeat_seconds)}
+            },
+        }
         deployments.append(entry)
     body = {"name": "taxiops", "deployments": deployments}
     return PREFECT_YAML_HEADER + "\n" + str(yaml.safe_dump(body, sort_keys=False, width=100))
