@@ -13,8 +13,8 @@ demo: $(STAMP)
 
 # Two workers, one test file each at a time (module fixtures such as a served `taxiops up`
 # stay in one worker); each worker starts its own Prefect server. Debian packages that
-# tests drive (chromium) are installed first where this runs as root.
-DEBIAN_TEST_PACKAGES := chromium
+# tests drive (chromium, postgresql) are installed first where this runs as root.
+DEBIAN_TEST_PACKAGES := chromium postgresql
 
 test: $(STAMP)
 	.ci/debian-packages.sh $(DEBIAN_TEST_PACKAGES)

@@ -151,3 +151,25 @@ def test_status_on_a_new_home_creates_no_store_and_prints_nothing_on_stderr(
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert "no files seen yet" in done.stdout
     assert not (tmp_path / "home" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("command", [["server"], ["up"]])
+def test_servers_beyond_loopback_without_credentials_do_not_start(
+    tmp_path: Path, command: list[str]
+) -> None:
+    done = _run(tmp_path, {"TAXIOPS_SERVER_HOST": "0.0.0.0"}, *command)
+    line = _assert_one_line(done, "TAXIOPS_SERVER_HOST=0.0.0.0", "PREFECT_API_AUTH_STRING")
+    assert "beyond loopback" in line
+    assert not (tmp_path / "home" / "server").exists()  # no server was started
+
+
+@pytest.mark.parametrize(
+    ("auth", "problem"),
+    [("no-colon-here-at-all", "USER:PASSWORD"), ("team:short-pw", "12 characters")],
+)
+def test_a_malformed_auth_string_is_named_without_its_value(
+    tmp_path: Path, auth: str, problem: str
+) -> None:
+    done = _run(tmp_path, {"PREFECT_API_AUTH_STRING": auth}, "server")
+    line = _assert_one_line(done, "PREFECT_API_AUTH_STRING", problem)
+    assert auth not in done.stderr + done.stdout and "short-pw" not in line

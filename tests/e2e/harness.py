@@ -217,10 +217,19 @@ def served_site(
 
 
 class TaxiopsProcess:
-    """One `python -m taxiops ...` child in its own session; a context manager that
-    leaves nothing of it running."""
+    """One `python -m taxiops ...` child (or of another `module`: `prefect` for a worker)
+    in its own session; a context manager that leaves nothing of it running."""
 
-    def __init__(self, args: list[str], env: dict[str, str], *, cwd: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        cwd: Path,
+        log_path: Path,
+        module: str = "taxiops",
+    ) -> None:
+        self.module = module
         self.args = args
         self.env = env
         self.cwd = cwd
@@ -250,7 +259,7 @@ class TaxiopsProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "taxiops", *self.args],
+                [sys.executable, "-m", self.module, *self.args],
                 cwd=self.cwd,
                 env=self.env,
                 stdout=log,
@@ -413,10 +422,12 @@ def flow_run_processes(flow_run_id: UUID | str) -> list[int]:
 
 # --- what the server recorded --------------------------------------------------------------
 def prefect_client(api_url: str) -> SyncPrefectClient:
-    """A sync client of the API at `api_url` (use as a context manager)."""
+    """A sync client of the API at `api_url` (use as a context manager), sending this
+    process's `PREFECT_API_AUTH_STRING` setting, as `get_client()` does."""
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_API_AUTH_STRING
 
-    return SyncPrefectClient(api_url)
+    return SyncPrefectClient(api_url, auth_string=PREFECT_API_AUTH_STRING.value())
 
 
 def run_name_prefix(path: Path) -> str:
