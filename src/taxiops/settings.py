@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     )
     api_auth_string: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("PREFECT_API_AUTH_STRING", "TAXIOPS_API_AUTH_STRING"),
+        # Prefect's variable only: a TAXIOPS_ name Prefect's own clients (workers) never read.
+        validation_alias=AliasChoices("PREFECT_API_AUTH_STRING"),
         description="USER:PASSWORD of the team servers (`taxiops server`): the Prefect API's "
         "basic auth, also the MLflow tracking server's admin; Prefect's own variable, so "
         "workers send it too. Required when TAXIOPS_SERVER_HOST is beyond loopback.",

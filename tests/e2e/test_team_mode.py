@@ -26,7 +26,6 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary
 from taxiops import names
 from taxiops.app.server import free_port
 from taxiops.ml import write_synth_month
-from taxiops.pipeline.tasks import promotion_lock
 from taxiops.registry import ModelRegistry
 from taxiops.settings import load_settings
 from taxiops.tripfile import Month, TaxiType
@@ -235,32 +234,28 @@ def test_twelve_months_at_once_run_once_each_spread_over_both_workers(team: Team
 
 
 def test_two_promotions_on_two_workers_at_once_leave_the_right_champion(team: Team) -> None:
-    """The promotion lock is a Prefect global concurrency limit: the test holds it until
-    both challengers, one on each worker, are registered, so both read the champion
-    before either decides; then the second decides against the first's outcome."""
+    """Two green months at once, one on each worker, their runs overlapping: the promotion
+    lock (a Prefect global concurrency limit, shared through the server only) lets one
+    decision at a time, so production is what the later one left, and a second promotion
+    says production changed under it."""
     registry = team.registry()
     before = len(registry.versions("green"))
-    with promotion_lock("green"):
-        files = drop_at_once(team.watcher_site, [("green", "2022-07"), ("green", "2022-08")])
-        wait_until(
-            lambda: len(registry.versions("green")) == before + 2,
-            240,
-            "both challengers registered while the test holds the promotion lock",
-            every=0.5,
-        )
-    runs = {path: found[0] for path, found in wait_until_finished(team.api_url, files, 240).items()}
-    assert all(run.state is not None and run.state.is_completed() for run in runs.values())
+    files = drop_at_once(team.watcher_site, [("green", "2022-07"), ("green", "2022-08")])
+    runs = [found[0] for found in wait_until_finished(team.api_url, files, 240).values()]
+    assert all(run.state is not None and run.state.is_completed() for run in runs)
     by_worker = team.worker_of_runs()
-    assert {by_worker[str(run.id)] for run in runs.values()} == set(WORKERS)
+    assert {by_worker[str(run.id)] for run in runs} == set(WORKERS)
+    first, second = sorted(runs, key=lambda run: run.start_time or 0)
+    assert first.end_time and second.start_time and second.start_time < first.end_time
 
     challengers = registry.versions("green")[before:]
+    assert len(challengers) == 2
     outcomes = [registry.client.get_run(version.run_id).data.tags for version in challengers]
     champion = registry.production("green")
     assert champion is not None
-    # Decided one after the other: production is what the later decision left.
     assert champion.name in {tags["production_after"] for tags in outcomes}
     promoted = [tags for tags in outcomes if tags["promoted"] == "true"]
-    if len(promoted) == 2:
+    if len(promoted) == 2:  # the later decision judged against the earlier one's outcome
         assert any("production changed during this run" in t["promotion_reason"] for t in promoted)
     assert_no_secret_anywhere(team)
 
