@@ -1,6 +1,6 @@
 """A real PostgreSQL server for team-mode tests and benchmarks: Debian's `postgresql`
 binaries (`.ci/debian-packages.sh postgresql` installs them), a cluster of its own in a
-temporary folder, listening on 127.0.0.1 only, with a password.
+temporary folder, listening on one address (127.0.0.1 unless told), with a password.
 
 PostgreSQL refuses to run as root; as root (CI) the cluster belongs to the `postgres`
 user the Debian package creates, and its folder is made outside pytest's root-only
@@ -50,24 +50,25 @@ def _owner() -> dict[str, Any]:
 
 @dataclass
 class PostgresServer:
-    """One PostgreSQL cluster in `data_dir`, on 127.0.0.1:`port`, superuser `taxiops`."""
+    """One PostgreSQL cluster in `data_dir`, on `host`:`port`, superuser `taxiops`."""
 
     data_dir: Path
     port: int
     bin_dir: Path
+    host: str = "127.0.0.1"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16), repr=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     @contextmanager
-    def temporary(cls) -> Iterator[PostgresServer]:
-        """A new cluster, started; stopped and removed on exit."""
+    def temporary(cls, host: str = "127.0.0.1") -> Iterator[PostgresServer]:
+        """A new cluster on `host`, started; stopped and removed on exit."""
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
             raise RuntimeError(f"PostgreSQL is not installed: {INSTALL_HINT}")
         root = Path(tempfile.mkdtemp(prefix="taxiops-pg-"))
         os.chmod(root, 0o755)
-        server = cls(data_dir=root / "data", port=free_port(), bin_dir=bin_dir)
+        server = cls(data_dir=root / "data", port=free_port(), bin_dir=bin_dir, host=host)
         try:
             server.start()
             yield server
@@ -108,7 +109,7 @@ class PostgresServer:
             [
                 str(self.bin_dir / "postgres"),
                 *("-D", str(self.data_dir), "-p", str(self.port)),
-                *("-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="),
+                *("-c", f"listen_addresses={self.host}", "-c", "unix_socket_directories="),
                 *("-c", "fsync=off", "-c", "max_connections=200"),
             ],
             stdout=log,
@@ -125,7 +126,7 @@ class PostgresServer:
             if self.pid is None:
                 raise RuntimeError(f"postgres exited; see {self.data_dir.parent / 'postgres.log'}")
             ready = subprocess.run(
-                [str(self.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                [str(self.bin_dir / "pg_isready"), "-h", self.host, "-p", str(self.port)],
                 capture_output=True,
             )
             if ready.returncode == 0:
@@ -167,4 +168,4 @@ class PostgresServer:
 
     def url(self, database: str, *, driver: str = "postgresql") -> str:
         """A connection URL with the password in it (keep it out of argv and logs)."""
-        return f"{driver}://{USER}:{self.password}@127.0.0.1:{self.port}/{database}"
+        return f"{driver}://{USER}:{self.password}@{self.host}:{self.port}/{database}"

@@ -97,6 +97,7 @@ class Site:
     slack_webhook_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     embedded_server: bool = False
+    prefix: list[str] = field(default_factory=list)  # runs its processes (TaxiopsProcess)
     seed: int = field(default_factory=lambda: random.randrange(1_000_000) * 1_000)
 
     def __post_init__(self) -> None:
@@ -173,7 +174,11 @@ class Site:
         """Start `python -m taxiops <args>`; its output goes to `root/<name>.log`."""
         label = name or "-".join(a.lstrip("-") for a in args)
         return TaxiopsProcess(
-            list(args), self.environment(**env), cwd=self.root, log_path=self.root / f"{label}.log"
+            list(args),
+            self.environment(**env),
+            cwd=self.root,
+            log_path=self.root / f"{label}.log",
+            prefix=self.prefix,
         ).start()
 
     def run(
@@ -218,7 +223,8 @@ def served_site(
 
 class TaxiopsProcess:
     """One `python -m taxiops ...` child (or of another `module`: `prefect` for a worker)
-    in its own session; a context manager that leaves nothing of it running."""
+    in its own session; a context manager that leaves nothing of it running. `prefix`
+    goes before the command (`ip netns exec HOST`, which execs it in the same process)."""
 
     def __init__(
         self,
@@ -228,8 +234,10 @@ class TaxiopsProcess:
         cwd: Path,
         log_path: Path,
         module: str = "taxiops",
+        prefix: list[str] | None = None,
     ) -> None:
         self.module = module
+        self.prefix = prefix or []
         self.args = args
         self.env = env
         self.cwd = cwd
@@ -259,7 +267,7 @@ class TaxiopsProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args],
+                [*self.prefix, sys.executable, "-m", self.module, *self.args],
                 cwd=self.cwd,
                 env=self.env,
                 stdout=log,

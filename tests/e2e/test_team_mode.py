@@ -1,8 +1,7 @@
-"""Team mode end to end (README, "Team mode"): a real PostgreSQL, `taxiops server` (Prefect
-and MLflow on it, basic auth on both), two `prefect worker start` process workers after
+"""Team mode end to end (README, "Team mode"; tests/team.py brings it up): a real
+PostgreSQL, `taxiops server` with basic auth, two process workers after
 `prefect deploy --all`, and `taxiops watch`, each a process of its own with a home of its
-own. They share nothing but the servers, and the incoming folder the workers read files
-from by path.
+own, sharing nothing but the servers and the incoming folder.
 
 One team for the module; the tests run in file order and the last one kills a worker.
 """
@@ -10,29 +9,15 @@ One team for the module; the tests run in file order and the last one kills a wo
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from taxiops import names
-from taxiops.app.server import free_port
-from taxiops.ml import write_synth_month
-from taxiops.registry import ModelRegistry
-from taxiops.settings import load_settings
-from taxiops.tripfile import Month, TaxiType
+from taxiops.tripfile import TaxiType
 from tests.e2e.harness import (
-    WATCH_READY,
-    Site,
-    TaxiopsProcess,
     descendants,
     flow_run_processes,
     runs_by_file,
@@ -41,55 +26,18 @@ from tests.e2e.harness import (
     wait_until_each_ran_once,
     wait_until_finished,
 )
-from tests.postgres import INSTALL_HINT, PostgresServer, postgres_bin_dir
+from tests.postgres import INSTALL_HINT, postgres_bin_dir
+from tests.team import (
+    PASSWORD,
+    SILENT_RUN_SECONDS,
+    USER,
+    Team,
+    drop_at_once,
+    running_team,
+    worker_names,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-USER = "team"
-PASSWORD = secrets.token_urlsafe(18)
-AUTH = f"{USER}:{PASSWORD}"
-WORKERS = ("worker-a", "worker-b")
-SERVER_READY = "taxiops server is up"
-# Crash detection needs heartbeats (at least every 30 s, Prefect's floor) and a window
-# longer than one beat; the default (90 s) is for machines, this keeps the test short.
-SILENT_RUN_SECONDS = 40
-SUBMITTED = re.compile(r"Worker '([\w-]+)' submitting flow run '([0-9a-f-]{36})'")
-ABORTED = re.compile(r"Aborted submission of flow run '([0-9a-f-]{36})'")
-
-
-@dataclass
-class Team:
-    root: Path
-    postgres: PostgresServer
-    api_url: str
-    mlflow_url: str
-    server: TaxiopsProcess
-    workers: dict[str, TaxiopsProcess]
-    watcher_site: Site
-    watcher: TaxiopsProcess
-
-    def logs(self) -> str:
-        """Everything every process of the team wrote, servers' own logs included."""
-        return (
-            "\n".join(path.read_text(errors="replace") for path in self.root.rglob("*.log"))
-            + self.postgres.log_text()
-        )
-
-    def worker_of_runs(self) -> dict[str, str]:
-        """flow run id -> the worker that submitted it, from the workers' own logs."""
-        found: dict[str, str] = {}
-        for worker in self.workers.values():
-            log = worker.log(all_runs=True)
-            # Both workers may try a run; the server lets one have it and aborts the other.
-            aborted = set(ABORTED.findall(log))
-            for name, run_id in SUBMITTED.findall(log):
-                if run_id not in aborted:
-                    assert found.setdefault(run_id, name) == name, f"{run_id} on two workers"
-        return found
-
-    def registry(self) -> ModelRegistry:
-        return ModelRegistry.from_settings(
-            load_settings(home=self.root / "reader", mlflow_tracking_uri=self.mlflow_url)
-        )
+WORKERS = tuple(worker_names(2))
 
 
 @pytest.fixture(scope="module")
@@ -99,103 +47,23 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
         if "postgresql" in os.environ.get("TAXIOPS_TESTS_REQUIRE", "").split(","):
             pytest.fail(why)
         pytest.skip(why)
-    root = tmp_path_factory.mktemp("team")
-    port, mlflow_port = free_port(), free_port()
-    api_url, mlflow_url = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{mlflow_port}"
-    client_env = {"PREFECT_API_AUTH_STRING": AUTH, "MLFLOW_TRACKING_URI": mlflow_url}
-    with (
-        PostgresServer.temporary() as postgres,
-        pytest.MonkeyPatch.context() as patch,
-        temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_API_AUTH_STRING: AUTH}),
-    ):
-        # This process reads back what ran (the harness's Prefect client, MLflow's client).
-        patch.setenv("MLFLOW_TRACKING_USERNAME", USER)
-        patch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-        postgres.create_database("prefect")
-        postgres.create_database("mlflow")
-        server_site = Site(
-            root / "server",
-            api_url=api_url,
-            env={
-                "PREFECT_API_AUTH_STRING": AUTH,
-                "TAXIOPS_SERVER_PORT": str(port),
-                "TAXIOPS_MLFLOW_UI_PORT": str(mlflow_port),
-                "TAXIOPS_SERVER_DATABASE_URL": postgres.url("prefect", driver="postgresql+asyncpg"),
-                "TAXIOPS_MLFLOW_BACKEND_STORE_URI": postgres.url("mlflow"),
-                "TAXIOPS_SILENT_RUN_SECONDS": str(SILENT_RUN_SECONDS),
-            },
-        )
-        watcher_site = Site(root / "watcher", api_url=api_url, env=client_env)
-        with server_site.start("server") as server:
-            server.wait_for_log(SERVER_READY, timeout=180)
-            deploy = subprocess.run(
-                [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
-                cwd=ROOT,
-                env=watcher_site.environment(),
-                capture_output=True,
-                text=True,
-                timeout=180,
-            )
-            assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
-            workers = {name: start_worker(root, api_url, name, client_env) for name in WORKERS}
-            try:
-                for worker in workers.values():
-                    worker.wait_for_log("started!", timeout=120)
-                with watcher_site.start("watch") as watcher:
-                    watcher.wait_for_log(WATCH_READY)
-                    yield Team(
-                        root=root,
-                        postgres=postgres,
-                        api_url=api_url,
-                        mlflow_url=mlflow_url,
-                        server=server,
-                        workers=workers,
-                        watcher_site=watcher_site,
-                        watcher=watcher,
-                    )
-            finally:
-                for worker in workers.values():
-                    worker.stop()
-
-
-def start_worker(root: Path, api_url: str, name: str, env: dict[str, str]) -> TaxiopsProcess:
-    """`prefect worker start` on the taxiops pool, one run at a time, on a site (home) of
-    its own; it looks for work every second (Prefect's default: 10 s)."""
-    site = Site(root / name, api_url=api_url, env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"})
-    return TaxiopsProcess(
-        ["worker", "start", "--pool", names.WORK_POOL, "--name", name, "--limit", "1"],
-        site.environment(),
-        cwd=ROOT,
-        log_path=root / f"{name}.log",
-        module="prefect",
-    ).start()
-
-
-def drop_at_once(site: Site, months: list[tuple[TaxiType, str]], rows: int = 2_000) -> list[Path]:
-    """Write every month in staging first, then rename them all into the incoming folder."""
-    staged = [
-        write_synth_month(
-            site.staging, taxi_type, Month.parse(month), rows=rows, seed=site.seed + i
-        )
-        for i, (taxi_type, month) in enumerate(months)
-    ]
-    return [path.rename(site.incoming / path.name) for path in staged]
+    with running_team(tmp_path_factory.mktemp("team"), workers=len(WORKERS)) as team:
+        yield team
 
 
 def assert_no_secret_anywhere(team: Team) -> None:
-    """Neither the team's password nor PostgreSQL's in any log or any process's argv."""
+    """Neither the team's password nor PostgreSQL's in any log or any live process's argv."""
+    roles = [team.server, team.watcher, *(w for w in team.workers.values() if w.alive)]
+    argvs = [
+        cmdline.read_bytes().decode(errors="replace")
+        for role in roles
+        for pid in (role.pid, *role.children())
+        if (cmdline := Path(f"/proc/{pid}/cmdline")).exists()
+    ]
+    logs = team.logs()
     for secret in (PASSWORD, team.postgres.password):
-        assert secret not in team.logs()
-        for pid in (team.server.pid, *team.server.children(), *team.watcher.children()):
-            cmdline = Path(f"/proc/{pid}/cmdline")
-            if cmdline.exists():
-                assert secret not in cmdline.read_bytes().decode(errors="replace")
-        for worker in team.workers.values():
-            if worker.alive:
-                for pid in (worker.pid, *worker.children()):
-                    cmdline = Path(f"/proc/{pid}/cmdline")
-                    if cmdline.exists():
-                        assert secret not in cmdline.read_bytes().decode(errors="replace")
+        assert secret not in logs
+        assert not [argv for argv in argvs if secret in argv]
 
 
 def test_both_servers_refuse_requests_without_credentials(team: Team) -> None:

@@ -130,6 +130,7 @@ def test_up_trains_dropped_files_alerts_and_stops_cleanly(
 
     # The MLflow UI is one of the children `taxiops up` keeps running: killed, it comes back.
     (ui,) = mlflow_ui_processes(process.pid)
+    assert not processes_below(ui, "huey.bin.huey_consumer"), "MLflow's job runner is off"
     os.killpg(ui, signal.SIGKILL)  # its own session: the server and its workers
     wait_for(lambda: "the local MLflow UI stopped" in log_path.read_text(), 30, "the restart")
     wait_for(lambda: answers(f"{announced}/health"), 90, "the MLflow UI to answer again")

@@ -235,6 +235,9 @@ class LocalMlflowServer(LocalServer):
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["MLFLOW_BACKEND_STORE_URI"] = self.tracking_uri
+        # MLflow 3's job runner (GenAI judges, trace rollups) forks six huey consumers of
+        # ~250 MiB each, ~2.4 GiB in all, that taxiops never gives work to.
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         if self.artifacts_destination is not None:
             env["MLFLOW_ARTIFACTS_DESTINATION"] = self.artifacts_destination
         elif self.artifacts_dir is not None:
