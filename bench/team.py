@@ -12,8 +12,8 @@ them, everything listens on 127.0.0.1.
 The same 48 files (24 green and 24 yellow months, 2019-01 .. 2020-12, 2,000 synthetic
 trips each) are renamed into each side's incoming folder at once. Printed for each: wall
 time from the drop to the last run's end, runs, duplicates, lost files, hand-off 503s
-(the watcher's failed hand-off attempts answered 503), runs per worker, and peak RSS of
-the server processes (sampled every 0.25 s).
+(the watcher's failed hand-off attempts answered 503), runs per worker, and peak RSS and
+PSS of the server processes (sampled every 0.25 s).
 
 Targets: 0 duplicates and 0 lost on both; 0 hand-off 503s on PostgreSQL.
 Run: .venv/bin/python bench/team.py [--loopback]   (needs `make install`, Debian's postgresql)
@@ -65,7 +65,7 @@ class Outcome:
     runs: dict[Path, list[FlowRun]]
     handoff_503s: int
     runs_per_worker: Counter[str]
-    peak_rss: dict[str, int]  # what -> bytes
+    peak_rss: dict[str, int]  # "RSS what" / "PSS what" -> bytes
 
     @property
     def duplicates(self) -> int:
@@ -86,7 +86,8 @@ class Outcome:
 
 @dataclass
 class PeakRss:
-    """The largest summed RSS of each group of processes, sampled in a thread."""
+    """The largest summed RSS, and PSS (shared pages split among their sharers, so forked
+    workers are not counted twice), of each group of processes, sampled in a thread."""
 
     groups: dict[str, Callable[[], Iterable[int]]]
     peaks: dict[str, int] = field(default_factory=dict)
@@ -98,8 +99,12 @@ class PeakRss:
         def sample() -> None:
             while not stop.wait(SAMPLE_SECONDS):
                 for name, pids in self.groups.items():
-                    total = sum(_rss(pid) for pid in set(pids()))
-                    self.peaks[name] = max(self.peaks.get(name, 0), total)
+                    found = set(pids())
+                    for kind, read in (("RSS", _rss), ("PSS", _pss)):
+                        total = sum(read(pid) for pid in found)
+                        self.peaks[f"{kind} {name}"] = max(
+                            self.peaks.get(f"{kind} {name}", 0), total
+                        )
 
         thread = threading.Thread(target=sample, name="peak-rss", daemon=True)
         thread.start()
@@ -111,9 +116,18 @@ class PeakRss:
 
 
 def _rss(pid: int) -> int:
+    return _kib(f"/proc/{pid}/status", "VmRSS:")
+
+
+def _pss(pid: int) -> int:
+    return _kib(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def _kib(path: str, key: str) -> int:
+    """Bytes of the `key:  N kB` line of a /proc file (0 when the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -251,8 +265,9 @@ def report(outcomes: list[Outcome]) -> bool:
         "runs per worker",
         [", ".join(f"{k} {v}" for k, v in sorted(o.runs_per_worker.items())) for o in outcomes],
     )
-    for what in ("Prefect server", "MLflow server", "server role, all"):
-        row(f"peak RSS: {what}", [mib(o.peak_rss.get(what)) for o in outcomes])
+    for kind in ("RSS", "PSS"):
+        for what in ("Prefect server", "MLflow server", "server role, all"):
+            row(f"peak {kind}: {what}", [mib(o.peak_rss.get(f"{kind} {what}")) for o in outcomes])
     embedded, team = outcomes
     missed = [
         f"{o.label}: {why}"
@@ -283,7 +298,9 @@ def main() -> int:
     staging = Path(tempfile.mkdtemp(prefix="taxiops-bench-months-"))
     try:
         staged = stage(staging)
-        outcomes = [run_embedded(staged), run_team(staged, loopback=args.loopback)]
+        embedded = run_embedded(staged)
+        print(f"(embedded side done: {embedded.wall_seconds:.1f} s)", file=sys.stderr, flush=True)
+        outcomes = [embedded, run_team(staged, loopback=args.loopback)]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     missed = report(outcomes)

@@ -102,6 +102,9 @@ class PostgresServer:
                 **owner,
             )
             pwfile.unlink()
+            # initdb lets in loopback only; a host on a LAN (tests/netns.py) is let in from it.
+            with (self.data_dir / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all samenet scram-sha-256\n")
         log = (self.data_dir.parent / "postgres.log").open("ab")
         if owner:
             shutil.chown(log.name, pwd.getpwnam("postgres").pw_uid, "postgres")
