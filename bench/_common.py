@@ -122,10 +122,13 @@ def keep_prefect_local() -> None:
 
 
 @contextmanager
-def taxiops_up(*, ready_timeout: float = 120.0) -> Iterator[RunningTaxiops]:
+def taxiops_up(
+    *, ready_timeout: float = 120.0, env: dict[str, str] | None = None
+) -> Iterator[RunningTaxiops]:
     """`python -m taxiops up` with a temp TAXIOPS_HOME, incoming folder and PREFECT_HOME, its own
     local Prefect server on a free port (PREFECT_API_URL unset for it), until it prints
-    "taxiops is up". This process then talks to that server; everything stops on exit."""
+    "taxiops is up". This process then talks to that server; everything stops on exit.
+    `env` adds variables (a loopback webhook: no alert leaves the machine otherwise)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from taxiops.app.server import free_port, is_healthy
@@ -135,7 +138,7 @@ def taxiops_up(*, ready_timeout: float = 120.0) -> Iterator[RunningTaxiops]:
     incoming.mkdir()
     staging.mkdir()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in _UNSHARED_ENV}
+    extra_env, env = env, {k: v for k, v in os.environ.items() if k not in _UNSHARED_ENV}
     env.update(
         TAXIOPS_HOME=str(root / "home"),
         TAXIOPS_INCOMING_DIR=str(incoming),
@@ -144,6 +147,7 @@ def taxiops_up(*, ready_timeout: float = 120.0) -> Iterator[RunningTaxiops]:
         DO_NOT_TRACK="1",
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra_env or {})
     log_path = root / "up.log"
     started = time.monotonic()
     with log_path.open("wb") as log:

@@ -1,12 +1,15 @@
-"""From a complete month file landing in the incoming folder to its training run `Running`.
+"""From a complete month file landing in the incoming folder to its training run `Running`,
+and on to its alert at a Slack-compatible webhook on 127.0.0.1.
 
-`taxiops up` runs as a child process on temp state with its own Prefect server; each
-month is written beside the folder, then renamed in (atomic, so it lands complete).
-One drop at a time: each run finishes before the next file lands, so nothing queues.
-Latency is the run's `start_time` (set by the server on entering Running) minus the
-wall-clock time just before the rename.
+`taxiops up` runs as a child process on temp state with its own Prefect server, alerting
+a local inbox (taxiops.notify.SlackInbox); each month is written beside the folder, then
+renamed in (atomic, so it lands complete). One drop at a time: each run finishes and its
+alert arrives before the next file lands, so nothing queues. Latency is the run's
+`start_time` (set by the server on entering Running) minus the wall-clock time just before
+the rename; alert latency is the inbox's receipt of the run's first message minus the same.
 
-Targets (issue 14), over 20 drops: median <= 1.5 s, p95 <= 2.0 s, no hand-off 503s.
+Targets (issue 14), over 20 drops: median <= 1.5 s, p95 <= 2.0 s, no hand-off 503s;
+drop -> alert median <= 4 s for green months.
 Run: .venv/bin/python bench/watch_latency.py [--drops 20]
 """
 
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import RunningTaxiops, epoch, keep_prefect_local, real_month, taxiops_up
 
 if TYPE_CHECKING:
+    from taxiops.notify import SlackInbox
     from taxiops.tripfile import TaxiType
 
 # Four real months (each trained on the real month before it, or on its own first days)
@@ -42,6 +46,8 @@ SYNTH_DROP: tuple[TaxiType, str, int] = ("yellow", "2021-01", 20_000)
 EXTRA_SYNTH_ROWS = 20_000  # green months from 2019-01 on (no name above), after the five
 TARGET_MEDIAN_SECONDS = 1.5
 TARGET_P95_SECONDS = 2.0
+TARGET_ALERT_MEDIAN_SECONDS = 4.0
+ALERT_TIMEOUT_SECONDS = 60.0
 RUN_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.05
 # Default poll / check interval of other ways to start work when a file appears.
@@ -65,10 +71,30 @@ class Drop:
     first_observed_running: float | None  # this script saw Running / a final state
     finished: float | None
     final_state: str
+    alerted: float | None  # the inbox received the run's first message
+    alert: str  # that message's header
 
     @property
     def latency(self) -> float | None:
         return None if self.running is None else self.running - self.landed
+
+    @property
+    def alert_latency(self) -> float | None:
+        return None if self.alerted is None else self.alerted - self.landed
+
+    @property
+    def green(self) -> bool:
+        return self.name.startswith("green_")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Every drop of one `taxiops up`, and what its log said."""
+
+    ready_seconds: float
+    drops: list[Drop]
+    handoff_503s: int
+    log_summary: str
 
 
 def stage(up: RunningTaxiops, drops: int) -> list[Path]:
@@ -88,8 +114,9 @@ def stage(up: RunningTaxiops, drops: int) -> list[Path]:
     return staged[:drops]
 
 
-def drop(up: RunningTaxiops, staged: Path, deployment_id: UUID) -> Drop:
-    """Rename `staged` into the folder and follow its flow run until it ends."""
+def drop(up: RunningTaxiops, staged: Path, deployment_id: UUID, inbox: SlackInbox) -> Drop:
+    """Rename `staged` into the folder, follow its flow run until it ends, then wait for
+    its alert."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -98,6 +125,7 @@ def drop(up: RunningTaxiops, staged: Path, deployment_id: UUID) -> Drop:
     target = up.incoming / staged.name
     sha256 = sha256_of(staged)
     by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    messages_before = len(inbox.messages)
     landed = time.time()
     os.rename(staged, target)
     observed_running = None
@@ -127,6 +155,10 @@ def drop(up: RunningTaxiops, staged: Path, deployment_id: UUID) -> Drop:
             time.sleep(POLL_SECONDS)
         states = [] if run is None else client.read_flow_run_states(run.id)
     entry = up.ledger().get(sha256)
+    try:
+        alert = inbox.wait_for(messages_before + 1, ALERT_TIMEOUT_SECONDS)[messages_before]
+    except TimeoutError:
+        alert = None
 
     def first(kind: str) -> float | None:
         return next((s.timestamp.timestamp() for s in states if s.type.value == kind), None)
@@ -141,6 +173,8 @@ def drop(up: RunningTaxiops, staged: Path, deployment_id: UUID) -> Drop:
         first_observed_running=observed_running,
         finished=None if run is None else epoch(run.end_time),
         final_state="no flow run" if run is None or run.state is None else str(run.state.name),
+        alerted=None if alert is None else alert.received_at.timestamp(),
+        alert="no alert" if alert is None else alert.header or alert.text or "?",
     )
 
 
@@ -148,42 +182,43 @@ def _gap(later: float | None, earlier: float | None) -> str:
     return "      -" if later is None or earlier is None else f"{later - earlier:7.2f}"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--drops", type=int, default=20, help="Files dropped, one at a time.")
-    args = parser.parse_args()
-    keep_prefect_local()
+def measure(drops: int) -> Measured:
+    """`drops` files, one at a time, into a new `taxiops up` alerting a local inbox."""
     from prefect.client.orchestration import get_client
 
     from taxiops.names import TRAIN_DEPLOYMENT_FULL
+    from taxiops.notify import SlackInbox
 
-    with taxiops_up() as up:
-        print(f"`taxiops up` ready in {up.ready_seconds:.1f} s (server {up.api_url})")
-        staged = stage(up, args.drops)
+    with SlackInbox(echo=False) as inbox, taxiops_up(env={"SLACK_WEBHOOK_URL": inbox.url}) as up:
+        staged = stage(up, drops)
         with get_client(sync_client=True) as client:
             deployment_id = client.read_deployment_by_name(TRAIN_DEPLOYMENT_FULL).id
-        drops = [drop(up, path, deployment_id) for path in staged]
-        log_summary = up.log_summary()
+        dropped = [drop(up, path, deployment_id, inbox) for path in staged]
         handoff_503s = sum(
             "hand-off attempt" in line and "503" in line
             for line in up.log_path.read_text(errors="replace").splitlines()
         )
-        if any(d.running is None for d in drops):
+        if any(d.running is None for d in dropped):
             print(up.log_tail(), file=sys.stderr)
+        return Measured(up.ready_seconds, dropped, handoff_503s, up.log_summary())
 
-    print()
+
+def report(measured: Measured) -> list[str]:
+    """Print the drops and their summary; return the goals missed."""
+    drops = measured.drops
+    print(f"`taxiops up` ready in {measured.ready_seconds:.1f} s")
     print("seconds from the rename into the folder (t0):")
     print(
         f"  {'file':<32} {'detect':>7} {'hand-off':>8} {'pick-up':>7} {'start':>7} "
-        f"{'LATENCY':>7} {'polled':>7} {'run':>6}  final"
+        f"{'LATENCY':>7} {'polled':>7} {'run':>6} {'ALERT':>6}  final"
     )
     for d in drops:
         latency = "      -" if d.latency is None else f"{d.latency:7.2f}"
         print(
             f"  {d.name:<32} {_gap(d.seen, d.landed)} {_gap(d.created, d.seen):>8} "
             f"{_gap(d.pending, d.created)} {_gap(d.running, d.pending)} {latency} "
-            f"{_gap(d.first_observed_running, d.landed)} {_gap(d.finished, d.running):>6}  "
-            f"{d.final_state}"
+            f"{_gap(d.first_observed_running, d.landed)} {_gap(d.finished, d.running):>6} "
+            f"{_gap(d.alerted, d.landed):>6}  {d.final_state}; {d.alert[:60]}"
         )
     print(
         "  detect   = rename -> ledger `seen` (inotify, 0.1 s debounce, "
@@ -193,21 +228,31 @@ def main() -> int:
         "  start    = Pending -> Running (`python -m prefect.engine` process starts, "
         "loads the flow)\n"
         "  polled   = when this script (polling every 50 ms) first saw Running or later\n"
-        "  run      = Running -> final state"
+        "  run      = Running -> final state\n"
+        "  ALERT    = t0 -> the local Slack inbox received the run's message"
     )
 
     latencies = [d.latency for d in drops if d.latency is not None]
-    failed = len(latencies) < len(drops) or any(d.final_state != "Completed" for d in drops)
+    alerts = [d.alert_latency for d in drops if d.green and d.alert_latency is not None]
+    missed = []
+    if len(latencies) < len(drops) or any(d.final_state != "Completed" for d in drops):
+        missed.append("a drop did not run to Completed")
+    if len(alerts) < sum(d.green for d in drops):
+        missed.append("a green month's alert did not arrive")
     median = statistics.median(latencies) if latencies else float("inf")
-    p95 = statistics.quantiles(latencies, n=20)[18] if len(latencies) > 1 else float("inf")
+    p95 = percentile_95(latencies)
+    alert_median = statistics.median(alerts) if alerts else float("inf")
     print()
     print(
-        f"median latency {median:.2f} s over {len(latencies)}/{len(drops)} drops "
-        f"(min {min(latencies, default=float('nan')):.2f}, "
-        f"p95 {p95:.2f}, max {max(latencies, default=float('nan')):.2f}); "
-        f"targets: median <= {TARGET_MEDIAN_SECONDS:.1f} s, p95 <= {TARGET_P95_SECONDS:.1f} s"
+        f"drop -> Running over {len(latencies)}/{len(drops)} drops: {spread(latencies)}, "
+        f"p95 {p95:.2f} s; targets: median <= {TARGET_MEDIAN_SECONDS:.1f} s, "
+        f"p95 <= {TARGET_P95_SECONDS:.1f} s"
     )
-    print(f"hand-off attempts answered 503: {handoff_503s} (target 0)")
+    print(
+        f"drop -> alert over {len(alerts)} green months: {spread(alerts)}; "
+        f"target: median <= {TARGET_ALERT_MEDIAN_SECONDS:.1f} s"
+    )
+    print(f"hand-off attempts answered 503: {measured.handoff_503s} (target 0)")
     for part in ("detect", "hand-off", "pick-up", "start"):
         values = [v for d in drops if (v := _part(d, part)) is not None]
         if values:
@@ -215,10 +260,43 @@ def main() -> int:
     print("for context, the default check interval of other ways to start on a new file:")
     for label, seconds in CONTEXT_SECONDS:
         print(f"  {label:<58} {seconds:5.0f} s  ({seconds / median:5.1f}x ours)")
-    print(log_summary)
-    failed |= median > TARGET_MEDIAN_SECONDS or p95 > TARGET_P95_SECONDS or handoff_503s > 0
-    print("FAIL" if failed else "OK")
-    return 1 if failed else 0
+    print(measured.log_summary)
+    if median > TARGET_MEDIAN_SECONDS:
+        missed.append(f"drop -> Running median {median:.2f} s > {TARGET_MEDIAN_SECONDS} s")
+    if p95 > TARGET_P95_SECONDS:
+        missed.append(f"drop -> Running p95 {p95:.2f} s > {TARGET_P95_SECONDS} s")
+    if measured.handoff_503s:
+        missed.append(f"{measured.handoff_503s} hand-off 503s")
+    if alert_median > TARGET_ALERT_MEDIAN_SECONDS:
+        missed.append(
+            f"drop -> alert median {alert_median:.2f} s > {TARGET_ALERT_MEDIAN_SECONDS} s"
+        )
+    return missed
+
+
+def spread(values: list[float]) -> str:
+    """min / median / max of `values`, in seconds."""
+    if not values:
+        return "no values"
+    return (
+        f"min {min(values):.2f} / median {statistics.median(values):.2f} / max {max(values):.2f} s"
+    )
+
+
+def percentile_95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[18] if len(values) > 1 else float("inf")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--drops", type=int, default=20, help="Files dropped, one at a time.")
+    args = parser.parse_args()
+    keep_prefect_local()
+    missed = report(measure(args.drops))
+    for line in missed:
+        print(f"MISSED {line}")
+    print("FAIL" if missed else "OK")
+    return 1 if missed else 0
 
 
 def _part(d: Drop, part: str) -> float | None:
