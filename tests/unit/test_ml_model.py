@@ -20,6 +20,7 @@ from taxiops.ml import (
     write_synth_month,
 )
 from taxiops.ml.features import FEATURE_NAMES, ZoneEncoder
+from taxiops.ml.model import MANY_ROWS
 from taxiops.tripfile import Month, parse_trip_file
 
 FAST = TrainingParams(rounds=40, n_threads=1)
@@ -160,6 +161,15 @@ def test_params_are_printable_and_validated() -> None:
     assert all(isinstance(v, int | float | str) for v in as_dict.values())
     with pytest.raises(ValueError):
         TrainingParams(eta=0)
+
+
+def test_threads_follow_the_size_of_the_fit_unless_told() -> None:
+    auto = TrainingParams()
+    assert auto.booster_params(rows=MANY_ROWS - 1)["nthread"] == 1
+    assert "nthread" not in auto.booster_params(rows=MANY_ROWS)  # XGBoost's default: all cores
+    assert TrainingParams(n_threads=3).booster_params(rows=10 * MANY_ROWS)["nthread"] == 3
+    with pytest.raises(ValueError):
+        TrainingParams(n_threads=-1)
 
 
 def test_metrics_are_plain_numbers(

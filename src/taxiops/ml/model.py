@@ -25,6 +25,7 @@ from taxiops.ml.features import FEATURE_NAMES, ZoneEncoder
 from taxiops.ml.schema import DURATION, FEATURE_INPUT_COLUMNS
 
 MODEL_FORMAT = "taxiops-duration-model/1"
+MANY_ROWS = 500_000  # training rows from which a fit uses every core
 MODEL_FILE = "model.json"
 ENCODER_FILE = "encoder.json"
 BOOSTER_FILE = "booster.ubj"
@@ -37,11 +38,12 @@ TREE_METHOD = "hist"
 class TrainingParams:
     """How to train. The defaults are the tuned fast model (about 0.5 s for a month of green trips).
 
-    `n_threads` 0 means all cores. The default is 1 on purpose: beside a busy
-    Prefect server, XGBoost's OpenMP threads spin-wait for a core someone else
-    holds, and a 0.5 s fit on 2 cores was measured taking 3-8 s, while one
-    thread stays under about 1 s. Use 0 on a dedicated machine, ideally with
-    `OMP_WAIT_POLICY=PASSIVE` set before the process starts.
+    `n_threads` N uses N threads; the default, 0, picks by size: one thread below
+    `MANY_ROWS` training rows, all cores from there. Beside a busy
+    Prefect server XGBoost's OpenMP threads spin-wait for a core someone else holds:
+    a 0.5 s fit of a green month on 2 cores was measured taking 3-8 s, while one
+    thread stays under about 1 s. A yellow-size month trains for many seconds, while
+    the server and runner sit idle, and there the cores pay.
 
     `smoothing` is the number of pseudo-trips pulling a zone's mean toward the
     overall mean; `folds` the number of out-of-fold groups used to encode
@@ -59,7 +61,7 @@ class TrainingParams:
     smoothing: float = 20.0
     folds: int = 5
     seed: int = 42
-    n_threads: int = 1
+    n_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.max_depth < 1 or self.max_bin < 2:
@@ -79,8 +81,14 @@ class TrainingParams:
         fields = cls.__dataclass_fields__
         return cls(**{key: value for key, value in data.items() if key in fields})
 
-    def booster_params(self) -> dict[str, Any]:
-        """The XGBoost parameter dict."""
+    def threads_for(self, rows: int) -> int:
+        """XGBoost's `nthread` for a fit on `rows` rows (0: all cores)."""
+        if self.n_threads:
+            return self.n_threads
+        return 0 if rows >= MANY_ROWS else 1
+
+    def booster_params(self, rows: int = 0) -> dict[str, Any]:
+        """The XGBoost parameter dict for a fit on `rows` rows."""
         params: dict[str, Any] = {
             "objective": OBJECTIVE,
             "tree_method": TREE_METHOD,
@@ -94,8 +102,8 @@ class TrainingParams:
             "seed": self.seed,
             "verbosity": 0,
         }
-        if self.n_threads:
-            params["nthread"] = self.n_threads
+        if threads := self.threads_for(rows):
+            params["nthread"] = threads
         return params
 
 
@@ -174,9 +182,10 @@ class DurationModel:
             raise
         except (ValueError, KeyError, TypeError, xgb.core.XGBoostError) as error:
             raise ValueError(f"{directory} is not a readable taxiops model: {error}") from error
-        if params.n_threads:
-            booster.set_param({"nthread": params.n_threads})
-        return cls(booster, encoder, params, trained_rows=int(meta["trained_rows"]))
+        trained_rows = int(meta["trained_rows"])
+        if threads := params.threads_for(trained_rows):
+            booster.set_param({"nthread": threads})
+        return cls(booster, encoder, params, trained_rows=trained_rows)
 
 
 def train_model(
@@ -196,10 +205,14 @@ def train_model(
     )
     label = frame[DURATION].to_numpy(dtype=np.float32)
     del frame, frames
-    dtrain = xgb.QuantileDMatrix(
-        matrix, label=label, max_bin=params.max_bin, feature_names=list(FEATURE_NAMES)
-    )
     rows = matrix.shape[0]
+    dtrain = xgb.QuantileDMatrix(
+        matrix,
+        label=label,
+        max_bin=params.max_bin,
+        feature_names=list(FEATURE_NAMES),
+        nthread=params.threads_for(rows) or -1,
+    )
     del matrix
-    booster = xgb.train(params.booster_params(), dtrain, num_boost_round=params.rounds)
+    booster = xgb.train(params.booster_params(rows), dtrain, num_boost_round=params.rounds)
     return DurationModel(booster, encoder, params, trained_rows=rows)
