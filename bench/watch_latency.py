@@ -6,7 +6,8 @@ a local inbox (taxiops.notify.SlackInbox); each month is written beside the fold
 renamed in (atomic, so it lands complete). One drop at a time: each run finishes and its
 alert arrives before the next file lands, so nothing queues. Latency is the run's
 `start_time` (set by the server on entering Running) minus the wall-clock time just before
-the rename; alert latency is the inbox's receipt of the run's first message minus the same.
+the rename; alert latency is the inbox's receipt of the message naming the month minus
+the same (storm grouping is raised out of the way: drops come faster than any real month).
 
 Targets (issue 14), over 20 drops: median <= 1.5 s, p95 <= 2.0 s, no hand-off 503s;
 drop -> alert median <= 4 s for green months.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import RunningTaxiops, epoch, keep_prefect_local, real_month, taxiops_up
 
 if TYPE_CHECKING:
-    from taxiops.notify import SlackInbox
+    from taxiops.notify import InboxMessage, SlackInbox
     from taxiops.tripfile import TaxiType
 
 # Four real months (each trained on the real month before it, or on its own first days)
@@ -155,10 +156,7 @@ def drop(up: RunningTaxiops, staged: Path, deployment_id: UUID, inbox: SlackInbo
             time.sleep(POLL_SECONDS)
         states = [] if run is None else client.read_flow_run_states(run.id)
     entry = up.ledger().get(sha256)
-    try:
-        alert = inbox.wait_for(messages_before + 1, ALERT_TIMEOUT_SECONDS)[messages_before]
-    except TimeoutError:
-        alert = None
+    alert = _alert_naming(inbox, messages_before, " ".join(target.stem.split("_tripdata_")))
 
     def first(kind: str) -> float | None:
         return next((s.timestamp.timestamp() for s in states if s.type.value == kind), None)
@@ -178,6 +176,24 @@ def drop(up: RunningTaxiops, staged: Path, deployment_id: UUID, inbox: SlackInbo
     )
 
 
+def _alert_naming(inbox: SlackInbox, start: int, needle: str) -> InboxMessage | None:
+    """The first message from the `start`th on whose header names `needle` ("green
+    2021-01"), waiting up to ALERT_TIMEOUT_SECONDS for it."""
+    deadline = time.monotonic() + ALERT_TIMEOUT_SECONDS
+    seen = start
+    while time.monotonic() < deadline:
+        messages = inbox.messages
+        for message in messages[seen:]:
+            if needle in (message.header or ""):
+                return message
+        seen = len(messages)
+        try:
+            inbox.wait_for(seen + 1, max(deadline - time.monotonic(), 0.01))
+        except TimeoutError:
+            break
+    return None
+
+
 def _gap(later: float | None, earlier: float | None) -> str:
     return "      -" if later is None or earlier is None else f"{later - earlier:7.2f}"
 
@@ -189,7 +205,13 @@ def measure(drops: int) -> Measured:
     from taxiops.names import TRAIN_DEPLOYMENT_FULL
     from taxiops.notify import SlackInbox
 
-    with SlackInbox(echo=False) as inbox, taxiops_up(env={"SLACK_WEBHOOK_URL": inbox.url}) as up:
+    # A drop every few seconds is a storm to the dispatcher (by default the sixth alert of
+    # a kind within 60 s waits for one grouped message); this times a single alert's way.
+    env = {"TAXIOPS_ALERT_STORM_COUNT": str(10 * drops)}
+    with (
+        SlackInbox(echo=False) as inbox,
+        taxiops_up(env={**env, "SLACK_WEBHOOK_URL": inbox.url}) as up,
+    ):
         staged = stage(up, drops)
         with get_client(sync_client=True) as client:
             deployment_id = client.read_deployment_by_name(TRAIN_DEPLOYMENT_FULL).id
