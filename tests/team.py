@@ -55,6 +55,8 @@ def worker_names(workers: int) -> list[str]:
 
 @dataclass
 class Team:
+    """The running roles, and where to read what they did."""
+
     root: Path
     postgres: PostgresServer
     api_url: str

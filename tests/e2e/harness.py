@@ -97,7 +97,7 @@ class Site:
     slack_webhook_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     embedded_server: bool = False
-    prefix: list[str] = field(default_factory=list)  # runs its processes (TaxiopsProcess)
+    prefix: list[str] = field(default_factory=list)  # before its commands: `ip netns exec HOST`
     seed: int = field(default_factory=lambda: random.randrange(1_000_000) * 1_000)
 
     def __post_init__(self) -> None:
