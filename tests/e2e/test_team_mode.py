@@ -121,7 +121,18 @@ def test_two_promotions_on_two_workers_at_once_leave_the_right_champion(team: Te
     outcomes = [registry.client.get_run(version.run_id).data.tags for version in challengers]
     champion = registry.production("green")
     assert champion is not None
-    assert champion.name in {tags["production_after"] for tags in outcomes}
+    # The decisions' order, from the server: when each run's promote-if-better ended.
+    decided_at = {
+        str(run.id): max(
+            t.end_time
+            for t in task_runs_of(team.api_url, run.id)
+            if t.name.startswith("promote-if-better") and t.end_time is not None
+        )
+        for run in runs
+    }
+    later_run = max(decided_at, key=lambda run_id: decided_at[run_id])
+    later = next(tags for tags in outcomes if tags["prefect.flow_run_id"] == later_run)
+    assert champion.name == later["production_after"]
     promoted = [tags for tags in outcomes if tags["promoted"] == "true"]
     if len(promoted) == 2:  # the later decision judged against the earlier one's outcome
         assert any("production changed during this run" in t["promotion_reason"] for t in promoted)
