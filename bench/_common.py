@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -270,3 +271,16 @@ def _descendants(pid: int) -> dict[int, str]:
 def epoch(moment: datetime | None) -> float | None:
     """Seconds since the epoch of an aware datetime (Prefect's timestamps), like time.time()."""
     return None if moment is None else moment.timestamp()
+
+
+def spread(values: list[float], unit: str = "s") -> str:
+    """min / median / max of `values`."""
+    if not values:
+        return "no values"
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"min {low:.2f} / median {mid:.2f} / max {high:.2f} {unit}"
+
+
+def count_handoff_503s(log: str) -> int:
+    """Lines of a watcher's log saying a hand-off attempt was answered HTTP 503."""
+    return sum("hand-off attempt" in line and "503" in line for line in log.splitlines())

@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import peak_memory, watch_latency
-from bench._common import SHARED_DATA, keep_prefect_local
+from bench._common import SHARED_DATA, keep_prefect_local, spread
 
 BENCH = Path(__file__).resolve().parent
 ROWS_3M = 3_000_000
@@ -80,13 +80,6 @@ class Trained:
     @property
     def pipeline_seconds(self) -> float:
         return float(self.summary["pipeline_seconds"])
-
-
-def spread(values: list[float], unit: str = "s", digits: int = 2) -> str:
-    if not values:
-        return "no values"
-    low, mid, high = min(values), statistics.median(values), max(values)
-    return f"{low:.{digits}f} / {mid:.{digits}f} / {high:.{digits}f} {unit}"
 
 
 def course(case: Case) -> dict[str, Any]:

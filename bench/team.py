@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import epoch, keep_prefect_local, taxiops_up
+from bench._common import count_handoff_503s, epoch, keep_prefect_local, taxiops_up
 from taxiops.tripfile import TaxiType
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ MONTHS = [
 ROWS = 2_000
 FINISH_TIMEOUT_SECONDS = 900.0
 SAMPLE_SECONDS = 0.25
-HANDOFF_503 = ("hand-off attempt", "503")
 
 
 @dataclass
@@ -173,10 +172,6 @@ def wall(started: float, runs: dict[Path, list[FlowRun]]) -> float:
     return max(ends, default=time.time()) - started
 
 
-def count_503s(log: str) -> int:
-    return sum(all(needle in line for needle in HANDOFF_503) for line in log.splitlines())
-
-
 def run_embedded(staged: list[Path]) -> Outcome:
     from tests.e2e.harness import processes_below, server_processes
 
@@ -197,7 +192,7 @@ def run_embedded(staged: list[Path]) -> Outcome:
             ready_seconds=up.ready_seconds,
             wall_seconds=wall(started, runs),
             runs=runs,
-            handoff_503s=count_503s(up.log_path.read_text(errors="replace")),
+            handoff_503s=count_handoff_503s(up.log_path.read_text(errors="replace")),
             runs_per_worker=Counter({"taxiops up": sum(len(found) for found in runs.values())}),
             peak_rss=rss.peaks,
         )
@@ -233,7 +228,7 @@ def run_team(staged: list[Path], *, loopback: bool) -> Outcome:
             ready_seconds=ready,
             wall_seconds=wall(started, runs),
             runs=runs,
-            handoff_503s=count_503s(team.watcher.log(all_runs=True)),
+            handoff_503s=count_handoff_503s(team.watcher.log(all_runs=True)),
             runs_per_worker=Counter(
                 by_worker.get(str(run.id), "unknown") for found in runs.values() for run in found
             ),

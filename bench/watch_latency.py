@@ -29,7 +29,15 @@ from uuid import UUID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import RunningTaxiops, epoch, keep_prefect_local, real_month, taxiops_up
+from bench._common import (
+    RunningTaxiops,
+    count_handoff_503s,
+    epoch,
+    keep_prefect_local,
+    real_month,
+    spread,
+    taxiops_up,
+)
 
 if TYPE_CHECKING:
     from taxiops.notify import InboxMessage, SlackInbox
@@ -216,10 +224,7 @@ def measure(drops: int) -> Measured:
         with get_client(sync_client=True) as client:
             deployment_id = client.read_deployment_by_name(TRAIN_DEPLOYMENT_FULL).id
         dropped = [drop(up, path, deployment_id, inbox) for path in staged]
-        handoff_503s = sum(
-            "hand-off attempt" in line and "503" in line
-            for line in up.log_path.read_text(errors="replace").splitlines()
-        )
+        handoff_503s = count_handoff_503s(up.log_path.read_text(errors="replace"))
         if any(d.running is None for d in dropped):
             print(up.log_tail(), file=sys.stderr)
         return Measured(up.ready_seconds, dropped, handoff_503s, up.log_summary())
@@ -294,15 +299,6 @@ def report(measured: Measured) -> list[str]:
             f"drop -> alert median {alert_median:.2f} s > {TARGET_ALERT_MEDIAN_SECONDS} s"
         )
     return missed
-
-
-def spread(values: list[float]) -> str:
-    """min / median / max of `values`, in seconds."""
-    if not values:
-        return "no values"
-    return (
-        f"min {min(values):.2f} / median {statistics.median(values):.2f} / max {max(values):.2f} s"
-    )
 
 
 def percentile_95(values: list[float]) -> float:
