@@ -148,6 +148,12 @@ class Settings(BaseSettings):
         description="How often `taxiops up` looks for new runs it was not told about (the "
         "schedule's, retries from the UI); the watcher's hand-offs start at once.",
     )
+    warm_start: bool = Field(
+        True,
+        description="Start each run of `taxiops up` as a fork of a process that imported "
+        "Prefect, pandas, XGBoost and MLflow once; off, each run is a new interpreter "
+        "importing them itself.",
+    )
     retry_crashed_runs: int = Field(
         1,
         ge=0,

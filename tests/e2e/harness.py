@@ -377,6 +377,34 @@ def processes_below(pid: int, *words: str) -> list[int]:
     return found
 
 
+def forked_run_processes(up_pid: int) -> list[int]:
+    """Pids of the flow runs that `taxiops up` (pid `up_pid`) forked from its fork server
+    (`taxiops.pipeline.warm_start`): the children of the process running
+    `multiprocessing.forkserver.main`. A fork keeps its server's argv and environment, so
+    neither tells which run it is."""
+    marker = b"from multiprocessing.forkserver import main"
+
+    def is_fork_server(pid: int) -> bool:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return any(arg.startswith(marker) for arg in argv)
+
+    def parent_of(pid: int) -> int | None:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    found = []
+    for pid in descendants(up_pid):
+        parent = parent_of(pid)
+        if parent is not None and is_fork_server(pid) and is_fork_server(parent):
+            found.append(pid)
+    return found
+
+
 def server_processes(pid: int) -> list[int]:
     """Pids of the `prefect server start` processes below `pid` (the embedded server)."""
     return processes_below(pid, "prefect", "server", "start")
@@ -412,8 +440,9 @@ def embedded_site(root: Path, slack_webhook_url: str, env: dict[str, str] | None
 
 
 def flow_run_processes(flow_run_id: UUID | str) -> list[int]:
-    """Pids of the processes running a flow run: `taxiops up` starts each run as
-    `python -m prefect.engine` with PREFECT__FLOW_RUN_ID in its environment."""
+    """Pids of the processes running a flow run that a worker started, as `python -m
+    prefect.engine` with PREFECT__FLOW_RUN_ID in its environment (see
+    `forked_run_processes` for the runs of `taxiops up`)."""
     needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
     found = []
     for entry in Path("/proc").iterdir():

@@ -23,7 +23,7 @@ from tests.e2e.harness import (
     WATCH_READY,
     ServedSite,
     Site,
-    flow_run_processes,
+    forked_run_processes,
     runs_by_file,
     served_site,
     task_runs_of,
@@ -66,7 +66,7 @@ def kill_while_training(runner: ServedSite, path: Path) -> FlowRun:
         )
 
     wait_until(training, RUN_TIMEOUT, f"{run.name} to be training", every=0.1)
-    processes = flow_run_processes(run.id)
+    processes = forked_run_processes(runner.up.pid)  # the only run of this runner
     assert len(processes) == 1, f"one process of flow run {run.id} expected: {processes}"
     os.kill(processes[0], signal.SIGKILL)
     return run

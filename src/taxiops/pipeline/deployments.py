@@ -3,10 +3,13 @@ from them (`python -m taxiops.pipeline.deployments > prefect.yaml`) for work poo
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
+import cloudpickle
 import yaml
+from prefect import Flow
 from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 from prefect.schedules import Cron
@@ -18,6 +21,7 @@ from taxiops.pipeline.entrypoints import (
     absolute_entrypoint,
     load_flow,
 )
+from taxiops.pipeline.warm_start import start_runs_warm
 from taxiops.settings import Settings
 
 # One monthly retrain at a time: two would judge the same months twice.
@@ -59,11 +63,12 @@ def deployment_specs(settings: Settings) -> list[DeploymentSpec]:
     ]
 
 
-async def served_deployments(settings: Settings) -> list[RunnerDeployment]:
-    """The deployments of `deployment_specs`, ready for a runner."""
+async def served_flows(settings: Settings) -> list[tuple[Flow[..., Any], RunnerDeployment]]:
+    """Each flow of `deployment_specs` with its deployment, ready for a runner."""
     served = []
     for spec in deployment_specs(settings):
-        deployment = await load_flow(spec.entrypoint).ato_deployment(
+        flow = load_flow(spec.entrypoint)
+        deployment = await flow.ato_deployment(
             name=spec.name,
             description=spec.description,
             tags=list(spec.tags),
@@ -73,14 +78,23 @@ async def served_deployments(settings: Settings) -> list[RunnerDeployment]:
         # Prefect records the flow's file relative to the cwd of this process; the runner's
         # flow-run subprocesses re-load it from there. Absolute, it loads from any cwd.
         deployment.entrypoint = absolute_entrypoint(spec.entrypoint)
-        served.append(deployment)
+        served.append((flow, deployment))
     return served
+
+
+async def served_deployments(settings: Settings) -> list[RunnerDeployment]:
+    """The deployments of `deployment_specs`, ready for a runner."""
+    return [deployment for _, deployment in await served_flows(settings)]
 
 
 async def start_serving(settings: Settings) -> tuple[Runner, list[RunnerDeployment]]:
     """A runner holding both deployments (registered with the API): at most `serve_limit`
     runs at once, polling every `runner_poll_seconds` (the watcher of `taxiops up` also
-    wakes it after each hand-off)."""
+    wakes it after each hand-off).
+
+    With `warm_start`, the runner holds the flows in memory, as `Runner.add_flow` does, and
+    starts their runs as forks of a warm process (`taxiops.pipeline.warm_start`); without
+    it, each run is `python -m prefect.engine` loading the deployment's entrypoint."""
     runner = Runner(
         name="taxiops",
         query_seconds=settings.runner_poll_seconds,
@@ -88,9 +102,19 @@ async def start_serving(settings: Settings) -> tuple[Runner, list[RunnerDeployme
         heartbeat_seconds=settings.heartbeat_seconds,
         pause_on_shutdown=False,
     )
-    deployments = await served_deployments(settings)
-    for deployment in deployments:
-        await runner.aadd_deployment(deployment)
+    warm = settings.warm_start and start_runs_warm()
+    deployments = []
+    for flow, deployment in await served_flows(settings):
+        deployment_id = await runner.aadd_deployment(deployment)
+        if warm:
+            # What `Runner.aadd_flow` does after `aadd_deployment`; that method would also
+            # record the entrypoint relative to this process's cwd.
+            runner._deployment_registry.register_flow(deployment_id, flow)
+            # The runner pickles the flow for each run's process. Prefect loads a flow file
+            # as a module named after it, or, loaded again (a restarted runner), as
+            # `__prefect_loader_<hash>__`: a name no fresh process can import.
+            cloudpickle.register_pickle_by_value(sys.modules[flow.fn.__module__])
+        deployments.append(deployment)
     return runner, deployments
 
 
