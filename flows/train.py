@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 from uuid import UUID, uuid5
@@ -36,6 +34,7 @@ from taxiops.errors import DataValidationError, TaskFailedError, ValidationRule
 from taxiops.intake.quarantine import QuarantinedFile, quarantine
 from taxiops.payloads import DataDrift, DataRejected, ModelTrained
 from taxiops.pipeline import tasks
+from taxiops.pipeline.clock import WorkClock
 from taxiops.pipeline.lineage import FingerprintedFile, MonthBytes, MonthData
 from taxiops.pipeline.report import MonthRows, TrainingSummary, registry_table, render_markdown
 from taxiops.registry import ModelRegistry, ModelVersion, sign_in
@@ -55,16 +54,7 @@ class _Steps:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.states: list[State[Any]] = []
-        self.pipeline_seconds = 0.0
-
-    @contextmanager
-    def pipeline(self) -> Iterator[None]:
-        """Count the wall time inside towards `pipeline_seconds`."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.pipeline_seconds += time.perf_counter() - started
+        self.work = WorkClock()  # `pipeline_seconds`
 
     def run(self, task_: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """The task's value; bad data re-raised, any other failure a `TaskFailedError`."""
@@ -131,7 +121,7 @@ def train_duration_model(
     read: list[FingerprintedFile] = []
     steps = _Steps(settings)
     try:
-        with steps.pipeline():
+        with steps.work.timing():
             contents = _read_months(settings, new_file, train_files, expected_sha256, read)
         # `_train` empties `contents` once they are parsed, to let go of the bytes.
         summary = _train(steps, contents, started, skip_bad_sources=train_files is None)
@@ -224,7 +214,7 @@ def _train(
         settings.max_duration_minutes,
         settings.max_outside_month_share,
     )
-    with steps.pipeline():
+    with steps.work.counting():
         *from_sources, validation = steps.run_all(
             tasks.load_month, [(content, *rules) for content in contents]
         )
@@ -245,7 +235,7 @@ def _train(
             raise loaded_month
     loaded = [*train_months, validation]
     if not train_months:
-        with steps.pipeline():
+        with steps.work.counting():
             train_part, validation = steps.run(
                 tasks.split_month, validation, settings.validation_fraction
             )
@@ -255,7 +245,7 @@ def _train(
     taxi_type = target.trip.taxi_type
     production = steps.run(tasks.read_champion, registry, taxi_type)
     drift = steps.run(tasks.check_drift, train_months, validation, settings.drift_psi_threshold)
-    with steps.pipeline():
+    with steps.work.counting():
         challenger = steps.run(tasks.train_challenger, train_months, ml.TrainingParams())
         metrics: ml.Metrics = steps.run(tasks.evaluate_challenger, challenger, validation)
     chart = steps.run(tasks.plot_predictions, challenger, validation)
@@ -318,7 +308,7 @@ def _train(
     summary = summary.model_copy(
         update={
             "seconds": round(time.perf_counter() - started, 3),
-            "pipeline_seconds": round(steps.pipeline_seconds, 3),
+            "pipeline_seconds": round(steps.work.seconds, 3),
         }
     )
     steps.run(

@@ -49,8 +49,8 @@ class TrainingSummary(BaseModel):
     drifted: list[str] = []  # features with PSI >= drift_threshold, most drifted first
     drift_threshold: float = 0.1
     seconds: float  # the whole flow
-    # Reading, loading (validation, preparation), training and evaluating only: the scope
-    # of the course baseline's clock.
+    # Reading the files, and the time inside the tasks that load (validate, prepare), train
+    # and evaluate: the scope of the course baseline's clock (`taxiops.pipeline.clock`).
     pipeline_seconds: float = 0.0
     flow_run_id: str | None
     cached_tasks: int

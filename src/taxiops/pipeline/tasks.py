@@ -35,6 +35,7 @@ from prefect.utilities.hashing import hash_objects
 import taxiops
 from taxiops import ml, names
 from taxiops.errors import TaxiopsError
+from taxiops.pipeline.clock import reports_work
 from taxiops.pipeline.lineage import MonthBytes, MonthData, TrainedModel, model_key, version_key
 from taxiops.registry import (
     ModelCard,
@@ -190,7 +191,7 @@ def taxiops_task(name: str, *, cache: bool = True) -> Callable[[Callable[P, R]],
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
         return Task(
-            fn=fn,
+            fn=reports_work(fn),
             name=name,
             cache_policy=CONTENT if cache else NO_CACHE,
             persist_result=cache,  # a result never read from cache is not kept either
