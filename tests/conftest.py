@@ -16,6 +16,23 @@ from tests.stores import seed_mlflow_store, seed_prefect_store
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+# The longest test files, longest first. `make test` runs files whole on two xdist workers
+# (`--dist loadfile`), which take files in collection order as they become free: started
+# last, the team-mode module alone (~3.5 min) would keep one worker busy long after the
+# other ran out of files.
+LONGEST_FILES = ("tests/e2e/test_team_mode.py", "tests/e2e/test_alert_delivery.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Collect the `LONGEST_FILES` first, each file's tests in their own order."""
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.partition("::")[0]
+        return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrefectServer]:
     """A real Prefect server for the session; the API URL is set for this process and children."""
