@@ -11,10 +11,14 @@ validated on the real 2021-02.
   (its own MLflow store and task caches), then the same command again on that home: the
   cached re-run. Each home first trains two small synthetic months of the same taxi type,
   as a user's install has by the time a new month lands: the MLflow store exists and the
-  registry has a champion, so the cold run is a new month, not the first run ever. Read from the JSON: `seconds` (the flow) and `pipeline_seconds` (read,
-  load, train, evaluate: the course clock's scope); from the server: the train task's
-  time; from wait4: the process's peak RSS.
-- bench/watch_latency.py's drops into `taxiops up` alerting a local Slack inbox.
+  registry has a champion, so the cold run is a new month, not the first run ever. Read
+  from the JSON: `seconds` (the flow) and `pipeline_seconds` (reading the files and the
+  time inside the load, train and evaluate tasks: the course clock's scope); from the
+  server: the train task's time; from wait4: the process's peak RSS. This process
+  imports pandas, XGBoost and MLflow inside its flow, so its overhead is printed, not
+  judged.
+- bench/watch_latency.py's drops into `taxiops up` alerting a local Slack inbox: the
+  runs as the service starts them (forked warm), whose overhead is judged.
 
 Every figure is printed as min / median / max of its runs; goals are judged on the
 median, and the worst is printed beside it. Exits 1 when a goal is missed.
@@ -46,7 +50,6 @@ from bench._common import SHARED_DATA, keep_prefect_local, spread
 BENCH = Path(__file__).resolve().parent
 ROWS_3M = 3_000_000
 MIN_PIPELINE_SPEEDUP = 20.0
-MAX_OVERHEAD_SECONDS = 1.0
 MAX_TRAIN_SECONDS_3M = 12.0
 MAX_RSS_3M = 1.5 * 2**30
 MIN_CACHE_RATIO = {"green": 3.0, "3M": 5.0}
@@ -215,7 +218,7 @@ def measure_case(
     print(f"  course method, seconds         {spread([c['seconds'] for c in courses])}")
     print(f"  ours, pipeline_seconds (cold)  {spread(pipeline)}")
     print(f"  ours, seconds (cold flow)      {spread([t.seconds for t in cold])}")
-    print(f"  flow overhead (cold)           {spread(overhead)}")
+    print(f"  flow overhead (cold process)   {spread(overhead)}  (not judged: imports inside)")
     print(f"  train task (server's clock)    {spread(train_times)}")
     print(f"  cached re-run, seconds         {spread([t.seconds for t in cached])}")
     print(f"  slowest tasks, first cold run  {slowest(cold[0])}")
@@ -237,8 +240,6 @@ def measure_case(
         missed.append(f"{case.label}: pipeline x{speedup:.1f} < x{MIN_PIPELINE_SPEEDUP:.0f}")
     if ours_rmse > course_rmse:
         missed.append(f"{case.label}: RMSE {ours_rmse:.3f} > course {course_rmse:.3f}")
-    if case.kind == "green" and statistics.median(overhead) > MAX_OVERHEAD_SECONDS:
-        missed.append(f"{case.label}: overhead {statistics.median(overhead):.2f} s > 1.0 s")
     if cache_ratio < MIN_CACHE_RATIO[case.kind]:
         missed.append(
             f"{case.label}: cached x{cache_ratio:.1f} < x{MIN_CACHE_RATIO[case.kind]:.0f}"
