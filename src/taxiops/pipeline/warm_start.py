@@ -6,10 +6,11 @@ reports Running, then pandas, XGBoost and MLflow (about 2 s more) as it trains. 
 same processes come from a `multiprocessing` fork server that imported all of that once,
 as `taxiops up` started: each run is a fork of it, and starts with its imports done.
 
-The fork server is started from the runner's process. It has no Python threads when it
-forks, only the native pools numpy and pyarrow start at import, which restart in the
-child; its environment is refreshed in each child by Prefect from the runner's, as for a
-spawned process.
+The fork server is a fresh interpreter started from the runner's process (about 330 MiB
+once it has imported all of it, shared with its forks until they write). It runs no Python
+thread of its own when it forks, only the native threads numpy's and pyarrow's imports
+start, as any process forked after importing them does. Prefect sets each child's
+environment from the runner's, as it does for a spawned process.
 """
 
 from __future__ import annotations
