@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 if TYPE_CHECKING:
     from taxiops.intake import Ledger
@@ -279,6 +280,19 @@ def spread(values: list[float], unit: str = "s") -> str:
         return "no values"
     low, mid, high = min(values), statistics.median(values), max(values)
     return f"min {low:.2f} / median {mid:.2f} / max {high:.2f} {unit}"
+
+
+def task_seconds(api_url: str, flow_run_id: str | UUID | None) -> dict[str, float]:
+    """The run time the server recorded for each task of the run (load-month summed)."""
+    if flow_run_id is None:
+        return {}
+    from tests.e2e.harness import task_runs_of
+
+    found: dict[str, float] = {}
+    for task in task_runs_of(api_url, flow_run_id):
+        name = task.name.rsplit("-", 1)[0]
+        found[name] = found.get(name, 0.0) + task.total_run_time.total_seconds()
+    return found
 
 
 def count_handoff_503s(log: str) -> int:

@@ -45,7 +45,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import peak_memory, watch_latency
-from bench._common import SHARED_DATA, keep_prefect_local, spread
+from bench._common import SHARED_DATA, keep_prefect_local, spread, task_seconds
+from bench.train_vs_course import PAIRS
 
 BENCH = Path(__file__).resolve().parent
 ROWS_3M = 3_000_000
@@ -127,19 +128,6 @@ def taxiops_train(case: Case, home: Path, api_url: str) -> Trained:
     )
 
 
-def task_seconds(api_url: str, flow_run_id: str | None) -> dict[str, float]:
-    """The run time the server recorded for each task of the run (load-month summed)."""
-    if flow_run_id is None:
-        return {}
-    from tests.e2e.harness import task_runs_of
-
-    found: dict[str, float] = {}
-    for task in task_runs_of(api_url, flow_run_id):
-        name = task.name.rsplit("-", 1)[0]
-        found[name] = found.get(name, 0.0) + task.total_run_time.total_seconds()
-    return found
-
-
 def slowest(trained: Trained, count: int = 6) -> str:
     ranked = sorted(trained.task_seconds.items(), key=lambda item: -item[1])[:count]
     return ", ".join(f"{name} {seconds:.2f}" for name, seconds in ranked)
@@ -169,7 +157,7 @@ def cases(root: Path) -> list[Case]:
             SHARED_DATA / f"green_tripdata_{a}.parquet",
             SHARED_DATA / f"green_tripdata_{b}.parquet",
         )
-        for a, b in (("2021-01", "2021-02"), ("2023-01", "2023-02"))
+        for a, b in PAIRS
     ]
     big = root / "3M" / "green_tripdata_2021-01.parquet"  # pickups stay in their month
     big.parent.mkdir()
@@ -259,7 +247,7 @@ def main() -> int:
     parser.add_argument("--drops", type=int, default=20, help="drops into `taxiops up`")
     args = parser.parse_args()
     keep_prefect_local()
-    needed = [SHARED_DATA / f"green_tripdata_{m}.parquet" for m in ("2021-01", "2021-02")]
+    needed = [SHARED_DATA / f"green_tripdata_{m}.parquet" for pair in PAIRS for m in pair]
     if not all(path.is_file() for path in needed):
         print(f"SKIPPED: real TLC months not found in {SHARED_DATA} (set TAXIOPS_SHARED_DATA)")
         return 0

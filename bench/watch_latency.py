@@ -37,6 +37,7 @@ from bench._common import (
     keep_prefect_local,
     real_month,
     spread,
+    task_seconds,
     taxiops_up,
 )
 
@@ -207,18 +208,11 @@ def drop(up: RunningTaxiops, staged: Path, deployment_id: UUID, inbox: SlackInbo
 
 def print_task_times(up: RunningTaxiops, dropped: list[Drop]) -> None:
     """Each run's tasks by the server's clock, slowest first (with TAXIOPS_BENCH_TASKS=1)."""
-    from tests.e2e.harness import task_runs_of
-
     for d in dropped:
         for label, run_id in (("", d.flow_run_id), (" (again)", d.rerun_flow_run_id)):
-            if run_id is None:
-                continue
-            times: dict[str, float] = {}
-            for task in task_runs_of(up.api_url, run_id):
-                name = task.name.rsplit("-", 1)[0]
-                times[name] = times.get(name, 0.0) + task.total_run_time.total_seconds()
-            ranked = sorted(times.items(), key=lambda item: -item[1])
-            print(f"  {d.name}{label}: " + ", ".join(f"{n} {s:.2f}" for n, s in ranked))
+            ranked = sorted(task_seconds(up.api_url, run_id).items(), key=lambda item: -item[1])
+            if ranked:
+                print(f"  {d.name}{label}: " + ", ".join(f"{n} {s:.2f}" for n, s in ranked))
 
 
 def rerun(d: Drop, deployment_id: UUID) -> Drop:
