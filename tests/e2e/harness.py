@@ -345,17 +345,20 @@ class TaxiopsProcess:
         self.stop()
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of a live process, from /proc (None once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def descendants(pid: int) -> Iterator[int]:
     """Every live process below `pid`, read from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
+        if entry.name.isdigit() and (parent := _parent_of(int(entry.name))) is not None:
+            children.setdefault(parent, []).append(int(entry.name))
     todo = [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -377,32 +380,35 @@ def processes_below(pid: int, *words: str) -> list[int]:
     return found
 
 
-def forked_run_processes(up_pid: int) -> list[int]:
-    """Pids of the flow runs that `taxiops up` (pid `up_pid`) forked from its fork server
-    (`taxiops.pipeline.warm_start`): the children of the process running
-    `multiprocessing.forkserver.main`. A fork keeps its server's argv and environment, so
-    neither tells which run it is."""
-    marker = b"from multiprocessing.forkserver import main"
+def _fork_server_family(up_pid: int) -> list[tuple[int, bool]]:
+    """Each process below `up_pid` running `multiprocessing.forkserver.main` (the fork server
+    of `taxiops.pipeline.warm_start` and its forks, which keep its argv and environment),
+    with whether its parent runs it too: True for a fork."""
 
-    def is_fork_server(pid: int) -> bool:
+    def runs_fork_server(pid: int | None) -> bool:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        return any(arg.startswith(marker) for arg in argv)
+        return any(arg.startswith(b"from multiprocessing.forkserver import main") for arg in argv)
 
-    def parent_of(pid: int) -> int | None:
-        try:
-            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            return None
+    return [
+        (pid, runs_fork_server(_parent_of(pid)))
+        for pid in descendants(up_pid)
+        if runs_fork_server(pid)
+    ]
 
-    found = []
-    for pid in descendants(up_pid):
-        parent = parent_of(pid)
-        if parent is not None and is_fork_server(pid) and is_fork_server(parent):
-            found.append(pid)
-    return found
+
+def fork_server_processes(up_pid: int) -> list[int]:
+    """Pids of the fork servers below `taxiops up` (pid `up_pid`), without their forks."""
+    return [pid for pid, forked in _fork_server_family(up_pid) if not forked]
+
+
+def forked_run_processes(up_pid: int) -> list[int]:
+    """Pids of the flow runs that `taxiops up` (pid `up_pid`) forked from its fork server:
+    the fork server's children. A fork keeps its server's argv and environment, so neither
+    tells which run it is."""
+    return [pid for pid, forked in _fork_server_family(up_pid) if forked]
 
 
 def server_processes(pid: int) -> list[int]:

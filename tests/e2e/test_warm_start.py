@@ -12,27 +12,12 @@ import pytest
 
 from taxiops.app.server import LocalPrefectServer
 from tests.e2e.harness import (
-    descendants,
-    forked_run_processes,
+    fork_server_processes,
     served_site,
     wait_until_each_ran_once,
 )
 
 RUN_TIMEOUT = 120.0
-
-
-def fork_servers_below(pid: int) -> list[int]:
-    """The processes below `pid` running `multiprocessing.forkserver.main`, not their forks."""
-    forks = set(forked_run_processes(pid))
-    found = []
-    for child in descendants(pid):
-        try:
-            argv = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"from multiprocessing.forkserver import main" in argv and child not in forks:
-            found.append(child)
-    return found
 
 
 def maps_library(pid: int, name: str) -> bool:
@@ -47,7 +32,7 @@ def test_a_dropped_month_trains_with_warm_start_on_and_off(
     with served_site(prefect_server.api_url, tmp_path, env=env) as served:
         path = served.site.drop("green", "2023-01")
         wait_until_each_ran_once(served.site.api_url, [path], RUN_TIMEOUT, settle=0)
-        servers = fork_servers_below(served.up.pid)
+        servers = fork_server_processes(served.up.pid)
         if warm:
             assert len(servers) == 1, servers
             # It imported what a run needs before any run asked for it.
