@@ -58,7 +58,14 @@ def test_server_down_while_files_arrive_then_back_runs_every_file_once(
     try:
         with SlackInbox(echo=False) as inbox:
             site = Site(tmp_path / "site", api_url=server.api_url, slack_webhook_url=inbox.url)
-            up_env = {"PREFECT_CLIENT_MAX_RETRIES": "0"} if runner_gives_up else {}
+            # Without client retries the runs' own calls fail fast too, on a server that has
+            # just come back and answers 503 while it catches up: their task retries wait as
+            # users' do (TAXIOPS_TASK_RETRY_DELAY_SECONDS' default, not the harness's 0).
+            up_env = (
+                {"PREFECT_CLIENT_MAX_RETRIES": "0", "TAXIOPS_TASK_RETRY_DELAY_SECONDS": "2"}
+                if runner_gives_up
+                else {}
+            )
             with site.start("up", "--no-watch", **up_env) as up, site.start("watch") as watcher:
                 up.wait_for_log(UP_READY)
                 watcher.wait_for_log(WATCH_READY)
