@@ -225,6 +225,27 @@ def test_duplicated_trips_cannot_leak_through_their_copies() -> None:
     assert distinct_counts > 1  # the other trips still spread over the folds
 
 
+def test_zone_statistics_are_the_sums_per_zone_and_pair() -> None:
+    """Zone IDs a few apart are counted in tables, IDs millions apart sorted: both are the sums."""
+    rng = np.random.default_rng(3)
+    pu, do = rng.integers(1, 40, 3000).tolist(), rng.integers(1, 40, 3000).tolist()
+    near = _trips(pu, do, rng.uniform(1, 60, 3000).tolist())
+    far = near.copy()
+    far[["PULocationID", "DOLocationID"]] *= 50_000_000 // 40
+    for frame in (near, far):
+        encoder, _ = ZoneEncoder.fit_transform(frame, smoothing=3.0, folds=5, seed=7)
+        pu_ids = frame["PULocationID"].to_numpy(dtype=np.int64)
+        frame = frame.assign(pair=(pu_ids << 32) | frame["DOLocationID"].to_numpy(dtype=np.int64))
+        for level, column in (("pu", "PULocationID"), ("do", "DOLocationID"), ("pair", "pair")):
+            expected = frame.groupby(column)["duration"].agg(["size", "sum"])
+            fitted = encoder.levels[level]
+            np.testing.assert_array_equal(fitted.keys, expected.index.to_numpy())
+            np.testing.assert_array_equal(fitted.trips, expected["size"].to_numpy())
+            np.testing.assert_allclose(fitted.minutes, expected["sum"].to_numpy(), rtol=1e-5)
+        unseen = frame.head(2).assign(PULocationID=[0, 999_999], DOLocationID=[0, 999_999])
+        assert encoder.transform(unseen)[:, FEATURE_NAMES.index("pair_trips")].tolist() == [0, 0]
+
+
 def test_encoder_survives_json() -> None:
     frame = _trips([1, 1, 3, 4], [2, 2, 3, 9], [5.0, 7.0, 9.0, 30.0])
     encoder, _ = ZoneEncoder.fit_transform(frame, smoothing=2.0, folds=2, seed=1)

@@ -48,6 +48,7 @@ LEVELS: tuple[str, ...] = ("pu", "do", "pair")
 _US_PER_MINUTE = 60_000_000
 _MINUTES_PER_DAY = 1440
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday is 0
+_DENSE_LIMIT = 1 << 22  # largest table of keys counted instead of sorted
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -62,18 +63,33 @@ class KeyStatistics:
     minutes: FloatArray
     miles: FloatArray
 
-    def lookup(self, keys: IntArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """(trips, minutes, miles) for each key; zeros for keys never seen."""
-        if len(self.keys) == 0:
-            zeros = np.zeros(len(keys))
-            return zeros, zeros, zeros
-        index = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        seen = self.keys[index] == keys
-        return (
-            np.where(seen, self.trips[index], 0.0),
-            np.where(seen, self.minutes[index], 0.0),
-            np.where(seen, self.miles[index], 0.0),
+    def lookup(self, keys: IntArray) -> _Cells:
+        """Each key's row in these sums; keys never seen get a row of zeros."""
+        index = np.searchsorted(self.keys, keys)
+        unseen = index == len(self.keys)
+        unseen[~unseen] = self.keys[index[~unseen]] != keys[~unseen]
+        index[unseen] = len(self.keys)
+        zero = np.zeros(1)
+        return _Cells(
+            trips=np.concatenate([self.trips, zero]),
+            minutes=np.concatenate([self.minutes, zero]),
+            miles=np.concatenate([self.miles, zero]),
+            index=index,
         )
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Sums in a small table and, per row, the table cell that is its statistics.
+
+    Features are computed once per cell and then gathered per row. A month has far
+    fewer cells than rows; computing per row cost seconds on a 3M-row month.
+    """
+
+    trips: FloatArray
+    minutes: FloatArray
+    miles: FloatArray
+    index: npt.NDArray[np.intp]
 
 
 @dataclass(frozen=True)
@@ -100,9 +116,8 @@ class ZoneEncoder:
         fold = _fold_of_rows(frame, keys["pair"], folds, seed)
 
         levels: dict[str, KeyStatistics] = {}
-        out_of_fold: dict[str, tuple[FloatArray, FloatArray, FloatArray]] = {}
-        for level in LEVELS:
-            unique, inverse = np.unique(keys[level], return_inverse=True)
+        out_of_fold: dict[str, _Cells] = {}
+        for level, (unique, inverse) in _factorize_levels(keys).items():
             cell = inverse * folds + fold
             size = len(unique) * folds
             per_fold = [
@@ -112,8 +127,8 @@ class ZoneEncoder:
             totals = [matrix.sum(axis=1) for matrix in per_fold]
             levels[level] = KeyStatistics(unique, totals[0], totals[1], totals[2])
             # A row's statistics come from the other folds only.
-            others = [totals[i][inverse] - per_fold[i][inverse, fold] for i in range(3)]
-            out_of_fold[level] = (others[0], others[1], others[2])
+            others = [(totals[i][:, np.newaxis] - per_fold[i]).reshape(-1) for i in range(3)]
+            out_of_fold[level] = _Cells(others[0], others[1], others[2], index=cell)
 
         encoder = cls(smoothing, mean_minutes, minutes_per_mile, levels)
         # Other folds hold (folds - 1) / folds of the month: scale trip counts to a month.
@@ -126,14 +141,12 @@ class ZoneEncoder:
         return self._assemble(frame, looked_up, trips_scale=1.0)
 
     def _assemble(
-        self,
-        frame: pd.DataFrame,
-        statistics: dict[str, tuple[FloatArray, FloatArray, FloatArray]],
-        *,
-        trips_scale: float,
+        self, frame: pd.DataFrame, statistics: dict[str, _Cells], *, trips_scale: float
     ) -> npt.NDArray[np.float32]:
         k = self.smoothing
-        matrix = np.empty((len(frame), len(FEATURE_NAMES)), dtype=np.float32)
+        # Column-major: each feature is written as one contiguous run, and XGBoost reads
+        # the strides.
+        matrix = np.empty((len(frame), len(FEATURE_NAMES)), dtype=np.float32, order="F")
         pickup_us = frame[PICKUP].to_numpy(dtype="datetime64[us]").view(np.int64)
         minute_of_day = (pickup_us // _US_PER_MINUTE) % _MINUTES_PER_DAY
         matrix[:, 0] = frame[TRIP_DISTANCE].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -141,14 +154,18 @@ class ZoneEncoder:
         matrix[:, 2] = (pickup_us // (_US_PER_MINUTE * _MINUTES_PER_DAY) + _EPOCH_WEEKDAY) % 7
         matrix[:, 3] = _location_ids(frame[PU_LOCATION])
         matrix[:, 4] = _location_ids(frame[DO_LOCATION])
+
+        def gather(column: int, per_cell: FloatArray, cells: _Cells) -> None:
+            np.take(per_cell.astype(np.float32), cells.index, out=matrix[:, column], mode="clip")
+
         column = 5
         for level in LEVELS:
-            trips, minutes, _ = statistics[level]
-            matrix[:, column] = (minutes + k * self.mean_minutes) / (trips + k)
-            matrix[:, column + 1] = trips * trips_scale
+            cells = statistics[level]
+            gather(column, (cells.minutes + k * self.mean_minutes) / (cells.trips + k), cells)
+            gather(column + 1, cells.trips * trips_scale, cells)
             column += 2
-        _, pair_minutes, pair_miles = statistics["pair"]
-        matrix[:, column] = (pair_minutes + k * self.minutes_per_mile) / (pair_miles + k)
+        pair = statistics["pair"]
+        gather(column, (pair.minutes + k * self.minutes_per_mile) / (pair.miles + k), pair)
         return matrix
 
     def to_json(self) -> dict[str, Any]:
@@ -220,6 +237,38 @@ def _location_ids(column: pd.Series[Any]) -> IntArray:
     """Zone IDs as int64, -1 where missing (never matches a training key)."""
     values = column.to_numpy(dtype=np.float64, na_value=np.nan)
     return np.where(np.isfinite(values), values, -1).astype(np.int64)
+
+
+def _factorize_levels(keys: dict[str, IntArray]) -> dict[str, tuple[IntArray, IntArray]]:
+    """Each level's sorted distinct keys and every row's index into them.
+
+    Equal to `np.unique(..., return_inverse=True)` per level. Zone IDs span a few hundred
+    values, so they are counted into dense tables instead of sorted, and a pair's index
+    is built from its zones' indexes (on a 3M-row month: 0.4 s, against 2.4 s sorting).
+    Keys spread too wide for a table, or a missing zone in a pair (key -1), fall back
+    to sorting.
+    """
+    pu, pu_inverse = _factorize(keys["pu"])
+    do, do_inverse = _factorize(keys["do"])
+    pair_keys = keys["pair"]
+    if len(pu) * len(do) > _DENSE_LIMIT or (len(pair_keys) and pair_keys.min() < 0):
+        pair, pair_inverse = _factorize(pair_keys)
+    else:
+        present, pair_inverse = _factorize(pu_inverse * len(do) + do_inverse)
+        pair = (pu[present // len(do)] << 32) | do[present % len(do)]
+    return {"pu": (pu, pu_inverse), "do": (do, do_inverse), "pair": (pair, pair_inverse)}
+
+
+def _factorize(keys: IntArray) -> tuple[IntArray, IntArray]:
+    """`np.unique(keys, return_inverse=True)`, by a table of counts when the keys span little."""
+    if len(keys) == 0 or int(keys.max()) - int(keys.min()) >= _DENSE_LIMIT:
+        unique, inverse = np.unique(keys, return_inverse=True)
+        return unique, inverse.reshape(-1)
+    low = int(keys.min())
+    offsets = keys - low
+    present = np.bincount(offsets) > 0
+    index_of_offset = np.cumsum(present) - 1
+    return np.flatnonzero(present) + low, index_of_offset[offsets]
 
 
 def _level_keys(frame: pd.DataFrame) -> dict[str, IntArray]:
