@@ -248,6 +248,41 @@ def test_production_itself_is_not_promoted_again_but_a_retried_decision_is_recog
     assert itself.production == "v1"
 
 
+def test_a_rerun_of_the_production_model_does_not_wait_for_the_lock(
+    registry: ModelRegistry, model: DurationModel
+) -> None:
+    """A re-run changes nothing, so it must not queue behind other runs' decisions."""
+    v1 = registry.register(model, record("a"))
+    promote(registry, v1, 5.0, by="run-1")
+
+    @contextmanager
+    def held_elsewhere(taxi_type: str) -> Iterator[None]:
+        raise AssertionError(f"asked for the {taxi_type} lock")
+        yield
+
+    again = registry.promote_if_better(
+        v1,
+        m(5.0),
+        champion=v1,
+        champion_metrics=m(5.0),
+        rescore=scores(),
+        lock=held_elsewhere,
+        decided_by="run-2",
+    )
+    assert not again.promoted and again.production == "v1"
+    with pytest.raises(AssertionError, match="green lock"):
+        v2 = registry.register(model, record("b"))
+        registry.promote_if_better(
+            v2,
+            m(4.0),
+            champion=v1,
+            champion_metrics=m(5.0),
+            rescore=scores(),
+            lock=held_elsewhere,
+            decided_by="run-3",
+        )
+
+
 def test_a_failed_model_write_leaves_no_version_and_production_intact(
     registry: ModelRegistry, model: DurationModel
 ) -> None:

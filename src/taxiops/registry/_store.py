@@ -359,8 +359,13 @@ class ModelRegistry:
         `champion` was scored (another run promoted meanwhile), the new production model is
         scored with `rescore` and judged against instead, and the reason says so.
         `decided_by` (the flow run) is recorded with the promotion, so a retry of the same
-        decision finds it instead of judging the challenger against itself."""
+        decision finds it instead of judging the challenger against itself. A challenger
+        that is production already (a re-run of the month that promoted it) changes
+        nothing, so it is answered without waiting for the lock."""
         taxi_type = challenger.taxi_type
+        current = self.production(taxi_type)
+        if current is not None and current.number == challenger.number:
+            return self._already_production(challenger, decided_by)
         with lock(taxi_type):
             current = self.production(taxi_type)
             if current is not None and current.number == challenger.number:
