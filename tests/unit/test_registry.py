@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -113,6 +113,7 @@ def promote(
     champion_rmse: float | None = None,
     rescore: Callable[[ModelVersion], Metrics] | None = None,
     by: str = "run-1",
+    lock: Callable[[str], AbstractContextManager[None]] = in_process_lock,
 ) -> Promotion:
     return registry.promote_if_better(
         challenger,
@@ -120,7 +121,7 @@ def promote(
         champion=champion,
         champion_metrics=None if champion_rmse is None else m(champion_rmse),
         rescore=rescore or scores(),
-        lock=in_process_lock,
+        lock=lock,
         decided_by=by,
     )
 
@@ -256,31 +257,15 @@ def test_a_rerun_of_the_production_model_does_not_wait_for_the_lock(
     promote(registry, v1, 5.0, by="run-1")
 
     @contextmanager
-    def held_elsewhere(taxi_type: str) -> Iterator[None]:
+    def held(taxi_type: str) -> Iterator[None]:
         raise AssertionError(f"asked for the {taxi_type} lock")
         yield
 
-    again = registry.promote_if_better(
-        v1,
-        m(5.0),
-        champion=v1,
-        champion_metrics=m(5.0),
-        rescore=scores(),
-        lock=held_elsewhere,
-        decided_by="run-2",
-    )
+    again = promote(registry, v1, 5.0, champion=v1, champion_rmse=5.0, by="run-2", lock=held)
     assert not again.promoted and again.production == "v1"
-    with pytest.raises(AssertionError, match="green lock"):
-        v2 = registry.register(model, record("b"))
-        registry.promote_if_better(
-            v2,
-            m(4.0),
-            champion=v1,
-            champion_metrics=m(5.0),
-            rescore=scores(),
-            lock=held_elsewhere,
-            decided_by="run-3",
-        )
+    v2 = registry.register(model, record("b"))
+    with pytest.raises(AssertionError, match="green lock"):  # a real decision still asks
+        promote(registry, v2, 4.0, champion=v1, champion_rmse=5.0, by="run-3", lock=held)
 
 
 def test_a_failed_model_write_leaves_no_version_and_production_intact(
