@@ -41,6 +41,7 @@ from taxiops.intake import PrefectSubmitter, WatcherService
 from taxiops.notify.automations import ApplyReport, set_up_alerting
 from taxiops.notify.dispatch import dispatching
 from taxiops.pipeline.deployments import start_serving
+from taxiops.pipeline.warm_start import start_runs_warm, wait_until_warm
 from taxiops.settings import Settings
 
 logger = logging.getLogger("taxiops.app.service")
@@ -211,6 +212,8 @@ async def _serve(
     slack_webhook_url: str | None,
     on_ready: Callable[[ServiceReady], None] | None,
 ) -> None:
+    # The fork server imports what runs need while the rest starts up.
+    warm = settings.warm_start and start_runs_warm()
     async with get_client() as client:
         automations = await set_up_alerting(
             client, settings, api.ui_url, slack_webhook_url=slack_webhook_url
@@ -239,6 +242,8 @@ async def _serve(
             children.append(asyncio.create_task(supervise(ServerChild(server), stop)))
     if watcher is not None:
         children.append(asyncio.create_task(supervise(watcher, stop)))
+    if warm:  # so that the first run does not wait for those imports
+        await asyncio.to_thread(wait_until_warm)
     try:
         if on_ready is not None:
             on_ready(

@@ -3,7 +3,6 @@ from them (`python -m taxiops.pipeline.deployments > prefect.yaml`) for work poo
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from taxiops.pipeline.entrypoints import (
     absolute_entrypoint,
     load_flow,
 )
-from taxiops.pipeline.warm_start import start_runs_warm, wait_until_warm
+from taxiops.pipeline.warm_start import start_runs_warm
 from taxiops.settings import Settings
 
 # One monthly retrain at a time: two would judge the same months twice.
@@ -94,9 +93,8 @@ async def start_serving(settings: Settings) -> tuple[Runner, list[RunnerDeployme
     wakes it after each hand-off).
 
     With `warm_start`, the runner holds the flows in memory, as `Runner.add_flow` does, and
-    starts their runs as forks of a warm process (`taxiops.pipeline.warm_start`), and
-    returns once that process has done its imports; without it, each run is
-    `python -m prefect.engine` loading the deployment's entrypoint."""
+    starts their runs as forks of a warm process (`taxiops.pipeline.warm_start`); without
+    it, each run is `python -m prefect.engine` loading the deployment's entrypoint."""
     runner = Runner(
         name="taxiops",
         query_seconds=settings.runner_poll_seconds,
@@ -105,8 +103,6 @@ async def start_serving(settings: Settings) -> tuple[Runner, list[RunnerDeployme
         pause_on_shutdown=False,
     )
     warm = settings.warm_start and start_runs_warm()
-    if warm:
-        await asyncio.to_thread(wait_until_warm)
     deployments = []
     for flow, deployment in await served_flows(settings):
         deployment_id = await runner.aadd_deployment(deployment)
