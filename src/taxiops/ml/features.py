@@ -261,10 +261,10 @@ def _factorize_levels(keys: dict[str, IntArray]) -> dict[str, tuple[IntArray, In
 
 def _factorize(keys: IntArray) -> tuple[IntArray, IntArray]:
     """`np.unique(keys, return_inverse=True)`, by a table of counts when the keys span little."""
-    if len(keys) == 0 or int(keys.max()) - int(keys.min()) >= _DENSE_LIMIT:
+    low = int(keys.min()) if len(keys) else 0
+    if len(keys) == 0 or int(keys.max()) - low >= _DENSE_LIMIT:
         unique, inverse = np.unique(keys, return_inverse=True)
         return unique, inverse.reshape(-1)
-    low = int(keys.min())
     offsets = keys - low
     present = np.bincount(offsets) > 0
     index_of_offset = np.cumsum(present) - 1
