@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from taxiops.ml import (
 )
 from taxiops.registry import (
     CHAMPION_ALIAS,
+    Lock,
     ModelCard,
     ModelRegistry,
     ModelVersion,
@@ -113,7 +114,7 @@ def promote(
     champion_rmse: float | None = None,
     rescore: Callable[[ModelVersion], Metrics] | None = None,
     by: str = "run-1",
-    lock: Callable[[str], AbstractContextManager[None]] = in_process_lock,
+    lock: Lock = in_process_lock,
 ) -> Promotion:
     return registry.promote_if_better(
         challenger,

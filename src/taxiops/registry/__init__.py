@@ -13,6 +13,7 @@ from taxiops.registry._rules import (
 from taxiops.registry._store import (
     CHAMPION_ALIAS,
     EXPERIMENT_NAME,
+    Lock,
     ModelCard,
     ModelRegistry,
     ModelVersion,
@@ -28,6 +29,7 @@ from taxiops.registry._store import (
 __all__ = [
     "CHAMPION_ALIAS",
     "EXPERIMENT_NAME",
+    "Lock",
     "ModelCard",
     "ModelRegistry",
     "ModelVersion",
