@@ -413,7 +413,7 @@ def forked_run_processes(up_pid: int) -> list[int]:
 
 def server_processes(pid: int) -> list[int]:
     """Pids of the `prefect server start` processes below `pid` (the embedded server)."""
-    return processes_below(pid, "prefect", "server", "start")
+    return processes_below(pid, "taxiops.app.prefect_server", "server", "start")
 
 
 def drop_junk(site: Site, year: int) -> Path:

@@ -174,7 +174,8 @@ class LocalServer(Lifecycle):
 @dataclass
 class LocalPrefectServer(LocalServer):
     """`prefect server start` on SQLite in `state_dir`, or on `database_url`; with
-    `auth_string`, every API request but the health check needs it (HTTP basic auth)."""
+    `auth_string`, every API request but the health check needs it (HTTP basic auth).
+    Started through `taxiops.app.prefect_server`, so SQLite writers wait their turn."""
 
     database_url: str | None = field(default=None, repr=False)
     auth_string: str | None = field(default=None, repr=False)
@@ -190,7 +191,10 @@ class LocalPrefectServer(LocalServer):
         return f"{self.api_url}/health"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "prefect", "server", "start", "--no-background"]
+        return [
+            *(sys.executable, "-m", "taxiops.app.prefect_server"),
+            *("server", "start", "--no-background"),
+        ]
 
     def environment(self) -> dict[str, str]:
         return server_environment(
