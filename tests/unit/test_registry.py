@@ -332,3 +332,58 @@ def test_rmse_comparison_says_better_worse_or_equal() -> None:
     assert rmse_comparison(4.0, "v1", 5.0) == "RMSE 4.000 is better than v1's 5.000 by 1.000"
     assert rmse_comparison(5.0001, "v1", 5.0).endswith("by less than 0.001")
     assert rmse_comparison(5.0, "v1", 5.0) == "RMSE 5.000 equals v1's 5.000"
+
+
+_COUNT_SCANS = """
+import os, sys
+from pathlib import Path
+import importlib_metadata
+
+scans = []
+scan = importlib_metadata.packages_distributions
+importlib_metadata.packages_distributions = lambda: scans.append(1) or scan()
+
+from taxiops.ml import TrainingParams, load_trips, train_model, write_synth_month
+from taxiops.registry import ModelRegistry, check_model_requirements
+from taxiops.tripfile import Month, parse_trip_file
+from tests.stores import seed_mlflow_store
+from tests.unit.test_registry import record
+
+folder = Path(sys.argv[1])
+seed_mlflow_store(folder)
+month = write_synth_month(folder, "green", Month(2023, 1), rows=500, seed=1)
+model = train_model([load_trips(parse_trip_file(month)).frame], TrainingParams())
+registry = ModelRegistry(f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts")
+
+
+def scans_registering_in_a_fork(key):
+    read, write = os.pipe()
+    if os.fork() == 0:  # as the fork server's runs start
+        before = len(scans)
+        registry.register(model, record(key))
+        os.write(write, str(len(scans) - before).encode())
+        os._exit(0)
+    os.close(write)
+    return int(os.read(read, 16) or b"-1")
+
+
+print(scans_registering_in_a_fork("a"), end=" ")
+check_model_requirements()
+print(scans_registering_in_a_fork("b"))
+"""
+
+
+def test_a_process_forked_after_the_requirements_check_registers_without_scanning_packages(
+    tmp_path: Path,
+) -> None:
+    """MLflow maps every installed distribution to its modules (~0.4 s) to check a logged
+    model's requirements; `check_model_requirements` does it once for the forks to come."""
+    done = subprocess.run(
+        [sys.executable, "-c", _COUNT_SCANS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1", "0"], done.stderr[-3000:]

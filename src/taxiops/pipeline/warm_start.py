@@ -46,6 +46,12 @@ WARM_MODULES = (
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store",
     "git",
+    # Imported only once a run is under way (listed from `sys.modules` after one):
+    # Prefect's parameter schema and flow visualisation, the SQLite dialect, anyio's loop.
+    "pydantic.v1",
+    "prefect.utilities.visualization",
+    "sqlalchemy.dialects.sqlite",
+    "anyio._backends._asyncio",
 )
 
 

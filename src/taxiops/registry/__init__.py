@@ -22,6 +22,7 @@ from taxiops.registry._store import (
     ScoredMonth,
     TrainingDataset,
     TrainingRecord,
+    check_model_requirements,
     model_name,
     sign_in,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "ScoredMonth",
     "TrainingDataset",
     "TrainingRecord",
+    "check_model_requirements",
     "is_backfill",
     "judge",
     "model_name",

@@ -565,13 +565,35 @@ def _fluent_store(uri: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _log_pyfunc(model: DurationModel, staging: Path, record: TrainingRecord) -> Any:
-    """Log the model as a pyfunc that needs no taxiops: its saved files, a copy of the
-    feature code, and `pyfunc_model.py` as its code."""
+def model_requirements() -> list[str]:
+    """The pip requirements a logged model carries: the versions installed here."""
     import mlflow
     import numpy as np
     import pandas as pd
     import xgboost as xgb
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"xgboost=={xgb.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def check_model_requirements() -> None:
+    """Run the check MLflow makes of a logged model's requirements against this environment
+    (it warns on a mismatch). Its first run in a process maps every installed distribution
+    to its modules, ~0.4 s; processes forked after this one (the runs of `taxiops up`'s fork
+    server) inherit the map and log their models without it."""
+    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+    warn_dependency_requirement_mismatches(model_requirements())
+
+
+def _log_pyfunc(model: DurationModel, staging: Path, record: TrainingRecord) -> Any:
+    """Log the model as a pyfunc that needs no taxiops: its saved files, a copy of the
+    feature code, and `pyfunc_model.py` as its code."""
+    import mlflow
 
     from taxiops.ml import features
 
@@ -583,12 +605,7 @@ def _log_pyfunc(model: DurationModel, staging: Path, record: TrainingRecord) -> 
         python_model=str(Path(__file__).with_name("pyfunc_model.py")),
         artifacts={"model": str(folder)},
         model_config={"pickup_column": record.pickup_column},
-        pip_requirements=[
-            f"mlflow=={mlflow.__version__}",
-            f"xgboost=={xgb.__version__}",
-            f"pandas=={pd.__version__}",
-            f"numpy=={np.__version__}",
-        ],
+        pip_requirements=model_requirements(),
     )
 
 
