@@ -98,7 +98,8 @@ class RunningTaxiops:
         notable = [
             line
             for line in lines
-            if any(needle in line for needle in ("ERROR", "WARNING", "503", "hand-off attempt"))
+            if any(needle in line for needle in ("ERROR", "WARNING", "hand-off attempt"))
+            or _names_503(line)
         ]
 
         def count(needle: str, among: list[str]) -> int:
@@ -109,7 +110,7 @@ class RunningTaxiops:
                 f"`taxiops up` log: {count('ERROR', lines)} ERROR lines, "
                 f"{count('Traceback', lines)} tracebacks, "
                 f"{count('hand-off attempt', lines)} hand-off retries, "
-                f"{count('503', lines)} lines naming 503",
+                f"{sum(map(_names_503, lines))} lines naming HTTP 503",
                 *(f"  | {line[:300]}" for line in notable[:show]),
                 f"server log: {count('| ERROR', server_lines)} ERROR entries, "
                 f"{count('database is locked', server_lines)} lines naming "
@@ -295,6 +296,11 @@ def task_seconds(api_url: str, flow_run_id: str | UUID | None) -> dict[str, floa
     return found
 
 
+def _names_503(line: str) -> bool:
+    """Whether a log line reports an HTTP 503 (not a timestamp ending in .503)."""
+    return "HTTP 503" in line or "503 Service Unavailable" in line
+
+
 def count_handoff_503s(log: str) -> int:
     """Lines of a watcher's log saying a hand-off attempt was answered HTTP 503."""
-    return sum("hand-off attempt" in line and "503" in line for line in log.splitlines())
+    return sum("hand-off attempt" in line and _names_503(line) for line in log.splitlines())
